@@ -1,0 +1,164 @@
+//! Configuration, read once from the environment (and `.env`) at start-up.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
+
+use clap::{Args, ValueEnum};
+
+/// A string that never appears in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SummaryProvider {
+    #[default]
+    Extractive,
+    Openai,
+}
+
+/// Every setting of `colloquy serve`; each field maps to one environment variable.
+#[derive(Clone, Debug, Args)]
+pub struct Config {
+    /// Postgres connection string.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<Secret>,
+
+    /// Largest number of pooled database connections per process.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+
+    /// Listen address.
+    #[arg(long, env = "COLLOQUY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// HS256 secret for bearer tokens.
+    #[arg(long, env = "JWT_SECRET")]
+    pub jwt_secret: Option<Secret>,
+
+    /// PEM public key for RS256/ES256/EdDSA tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Allowed CORS origins: a comma list or `*`.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*")]
+    pub cors_allowed_origins: String,
+
+    /// Extra Socket.IO namespaces served besides `/` (comma list).
+    #[arg(long, env = "SOCKET_NAMESPACES", default_value = "")]
+    pub socket_namespaces: String,
+
+    /// Legacy mode: accept Socket.IO connections without a token.
+    #[arg(long, env = "SOCKET_ALLOW_ANONYMOUS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub socket_allow_anonymous: bool,
+
+    /// Longest message text, in characters.
+    #[arg(long, env = "MAX_MESSAGE_CHARS", default_value_t = 10_000)]
+    pub max_message_chars: usize,
+
+    /// Requests and socket sends per principal per minute.
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 600)]
+    pub rate_limit_per_minute: u32,
+
+    /// Summary engine.
+    #[arg(long, env = "SUMMARY_PROVIDER", value_enum, default_value_t = SummaryProvider::Extractive)]
+    pub summary_provider: SummaryProvider,
+
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
+    pub openai_base_url: String,
+
+    #[arg(long, env = "OPENAI_API_KEY")]
+    pub openai_api_key: Option<Secret>,
+
+    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    pub openai_model: String,
+
+    /// `pretty` or `json`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// Seconds to wait for in-flight work on shutdown.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Config {
+    /// Defaults for everything; used by tests and as the base of `serve`.
+    pub fn with_database(database_url: &str, jwt_secret: &str) -> Self {
+        Self {
+            database_url: Some(Secret::new(database_url)),
+            database_max_connections: 20,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            jwt_secret: Some(Secret::new(jwt_secret)),
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            cors_allowed_origins: "*".into(),
+            socket_namespaces: String::new(),
+            socket_allow_anonymous: false,
+            max_message_chars: 10_000,
+            rate_limit_per_minute: 600,
+            summary_provider: SummaryProvider::Extractive,
+            openai_base_url: "https://api.openai.com/v1".into(),
+            openai_api_key: None,
+            openai_model: "gpt-4o-mini".into(),
+            log_format: LogFormat::Pretty,
+            shutdown_grace_seconds: 20,
+        }
+    }
+
+    /// The extra namespaces, normalised to start with `/`.
+    pub fn extra_namespaces(&self) -> Vec<String> {
+        self.socket_namespaces
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && *s != "/")
+            .map(|s| {
+                if s.starts_with('/') {
+                    s.to_owned()
+                } else {
+                    format!("/{s}")
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,114 @@
+//! The one place that decides who may do what to a conversation.
+
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::{
+    auth::Principal,
+    error::{AppError, AppResult},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// An agent's owner: reads the agent's conversations, writes nothing.
+    Read,
+    /// A participant: reads and writes messages.
+    Participant,
+    /// Owner, admin or service: also changes the conversation itself.
+    Manage,
+}
+
+/// A caller's standing in one conversation, plus what every check needs to know.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub conversation_id: Uuid,
+    pub room: String,
+    pub archived: bool,
+    pub is_participant: bool,
+    pub level: Level,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    platform_conversation_id: String,
+    archived: bool,
+    role: Option<String>,
+    agent_owned: bool,
+}
+
+impl Access {
+    /// Loads the caller's access; a conversation the caller may not read is `NotFound`,
+    /// so its existence does not leak.
+    pub async fn load(
+        db: impl PgExecutor<'_>,
+        principal: &Principal,
+        conversation_id: Uuid,
+    ) -> AppResult<Self> {
+        let row: Option<Row> = sqlx::query_as(
+            r#"
+            SELECT c.id,
+                   c.platform_conversation_id,
+                   c.archived_at IS NOT NULL AS archived,
+                   p.role,
+                   EXISTS (
+                       SELECT 1
+                       FROM agents a
+                       JOIN participants ap
+                         ON ap.conversation_id = c.id AND ap.participant_id = a.agent_id
+                       WHERE a.owner_id = $2
+                   ) AS agent_owned
+            FROM conversations c
+            LEFT JOIN participants p
+              ON p.conversation_id = c.id AND p.participant_id = $2
+            WHERE c.id = $1
+            "#,
+        )
+        .bind(conversation_id)
+        .bind(&principal.id)
+        .fetch_optional(db)
+        .await?;
+        let row = row.ok_or(AppError::NotFound("conversation"))?;
+        let level = if principal.is_privileged() || row.role.as_deref() == Some("owner") {
+            Level::Manage
+        } else if row.role.is_some() {
+            Level::Participant
+        } else if row.agent_owned {
+            Level::Read
+        } else {
+            return Err(AppError::NotFound("conversation"));
+        };
+        Ok(Self {
+            conversation_id: row.id,
+            room: row.platform_conversation_id,
+            archived: row.archived,
+            is_participant: row.role.is_some(),
+            level,
+        })
+    }
+
+    pub fn require_write(&self) -> AppResult<()> {
+        if self.level < Level::Participant {
+            return Err(AppError::Forbidden(
+                "agent owners have read-only access to their agents' conversations".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn require_manage(&self, action: &str) -> AppResult<()> {
+        if self.level < Level::Manage {
+            return Err(AppError::Forbidden(format!(
+                "only the conversation's owner or an admin may {action}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn require_active(&self) -> AppResult<()> {
+        if self.archived {
+            return Err(AppError::archived());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,513 @@
+//! Messages: send (idempotent, gapless `seq`), read one, edit, soft delete.
+//! History paging lives in `history.rs`, reactions in `reactions.rs`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sqlx::PgExecutor;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{
+    access::Access,
+    events::{Event, EventKind, Origin},
+    validate,
+};
+use crate::{
+    auth::Principal,
+    error::{AppError, AppResult},
+    state::AppState,
+};
+
+/// The server id elizaOS clients expect in every broadcast.
+pub const SERVER_ID: &str = "00000000-0000-0000-0000-000000000000";
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Attachment {
+    /// Generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// e.g. `image`, `file`, `audio`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    #[serde(default)]
+    pub filename: Option<String>,
+    #[serde(default)]
+    pub size: Option<i64>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlatformContext {
+    pub platform: String,
+    pub room_id: String,
+    pub channel_id: String,
+    pub thread_id: Option<String>,
+    pub server_id: String,
+    pub metadata: Value,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Message {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    /// 1, 2, 3… per conversation, without gaps.
+    pub seq: i64,
+    pub platform_context: PlatformContext,
+    /// Stored verbatim; empty once deleted. Escape it when rendering as HTML.
+    pub text: String,
+    pub attachments: Vec<Attachment>,
+    pub sender_id: String,
+    pub sender_name: Option<String>,
+    /// `user|agent|system`
+    pub sender_type: String,
+    /// `sent|delivered|read`: `read` once another participant's read horizon covers it.
+    pub status: String,
+    pub client_message_id: Option<String>,
+    pub metadata: Value,
+    pub thread_id: Option<String>,
+    pub reaction_count: i64,
+    /// `{emoji: count}`
+    pub reactions: Map<String, Value>,
+    pub is_edited: bool,
+    /// Earlier versions: `[{text, edited_at}]`.
+    pub edit_history: Vec<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct Row {
+    id: Uuid,
+    conversation_id: Uuid,
+    seq: i64,
+    sender_id: String,
+    sender_name: Option<String>,
+    sender_type: String,
+    text: String,
+    client_message_id: Option<String>,
+    platform_context: Value,
+    attachments: Value,
+    metadata: Value,
+    thread_id: Option<String>,
+    reactions: Value,
+    edit_history: Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+    /// Highest read horizon among the other participants.
+    read_horizon: Option<i64>,
+}
+
+impl From<Row> for Message {
+    fn from(r: Row) -> Self {
+        let deleted = r.deleted_at.is_some();
+        let reactions = match r.reactions {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let reaction_count = reactions.values().filter_map(Value::as_i64).sum();
+        let edit_history: Vec<Value> = serde_json::from_value(r.edit_history).unwrap_or_default();
+        let platform_context =
+            serde_json::from_value(r.platform_context).unwrap_or(PlatformContext {
+                platform: String::new(),
+                room_id: String::new(),
+                channel_id: String::new(),
+                thread_id: None,
+                server_id: SERVER_ID.into(),
+                metadata: json!({}),
+            });
+        Self {
+            id: r.id,
+            conversation_id: r.conversation_id,
+            seq: r.seq,
+            platform_context,
+            text: if deleted { String::new() } else { r.text },
+            attachments: if deleted {
+                vec![]
+            } else {
+                serde_json::from_value(r.attachments).unwrap_or_default()
+            },
+            sender_id: r.sender_id,
+            sender_name: r.sender_name,
+            sender_type: r.sender_type,
+            status: if r.read_horizon.is_some_and(|h| h >= r.seq) {
+                "read"
+            } else {
+                "sent"
+            }
+            .into(),
+            client_message_id: r.client_message_id,
+            metadata: r.metadata,
+            thread_id: r.thread_id,
+            reaction_count,
+            reactions,
+            is_edited: !edit_history.is_empty(),
+            edit_history: if deleted { vec![] } else { edit_history },
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            deleted_at: r.deleted_at,
+        }
+    }
+}
+
+/// Message columns plus `read_horizon`; the FROM clause is `messages m`.
+macro_rules! message_select {
+    () => {
+        r#"
+        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.sender_name, m.sender_type, m.text,
+               m.client_message_id, m.platform_context, m.attachments, m.metadata, m.thread_id,
+               m.reactions, m.edit_history, m.created_at, m.updated_at, m.deleted_at,
+               (SELECT max(p.last_read_seq) FROM participants p
+                WHERE p.conversation_id = m.conversation_id AND p.participant_id <> m.sender_id)
+                   AS read_horizon
+        FROM messages m
+        "#
+    };
+}
+pub(crate) use message_select;
+
+pub async fn fetch(db: impl PgExecutor<'_>, id: Uuid) -> AppResult<Message> {
+    let row: Option<Row> = sqlx::query_as(concat!(message_select!(), "WHERE m.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    row.map(Into::into).ok_or(AppError::NotFound("message"))
+}
+
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+pub struct SendMessage {
+    pub text: String,
+    /// Idempotency key: a retry with the same key returns the stored message.
+    pub client_message_id: Option<String>,
+    /// Services only: the sender they act for.
+    pub sender_id: Option<String>,
+    pub sender_name: Option<String>,
+    /// Services only: `user|agent|system`.
+    pub sender_type: Option<String>,
+    pub thread_id: Option<String>,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    pub metadata: Option<Value>,
+}
+
+/// How a transport wants the fan-out of a new message done.
+#[derive(Clone, Debug, Default)]
+pub struct SendOptions {
+    pub origin: Origin,
+    /// Where it came from (`api`, `socketio`, `ws`, or the client's `source`).
+    pub source: Option<String>,
+}
+
+pub struct Sent {
+    pub message: Message,
+    /// `false` when a retry returned the message stored earlier.
+    pub created: bool,
+}
+
+struct Sender {
+    id: String,
+    name: Option<String>,
+    kind: String,
+}
+
+fn resolve_sender(principal: &Principal, input: &SendMessage) -> AppResult<Sender> {
+    let acting_for = input.sender_id.as_deref().filter(|s| *s != principal.id);
+    if let Some(other) = acting_for {
+        if !principal.is_service() {
+            return Err(AppError::Forbidden(
+                "sender_id may name someone else only for service principals".into(),
+            ));
+        }
+        validate::id("sender_id", other)?;
+    }
+    let kind = match (&input.sender_type, principal.is_service()) {
+        (Some(t), true) => {
+            validate::one_of("sender_type", t, validate::PARTICIPANT_TYPES)?;
+            t.clone()
+        }
+        (_, true) if acting_for.is_some() => "user".into(),
+        _ => principal.kind.sender_type().into(),
+    };
+    let name = input.sender_name.clone().or_else(|| {
+        if acting_for.is_none() {
+            principal.name.clone()
+        } else {
+            None
+        }
+    });
+    if let Some(n) = &name {
+        validate::max_chars("sender_name", n, validate::MAX_ID_CHARS)?;
+    }
+    Ok(Sender {
+        id: acting_for.unwrap_or(&principal.id).to_owned(),
+        name,
+        kind,
+    })
+}
+
+fn validate_send(state: &AppState, input: &mut SendMessage) -> AppResult<()> {
+    validate::text(&input.text, state.config.max_message_chars)?;
+    if let Some(c) = &input.client_message_id {
+        validate::id("client_message_id", c)?;
+    }
+    if let Some(t) = &input.thread_id {
+        validate::id("thread_id", t)?;
+    }
+    if let Some(m) = &input.metadata {
+        validate::json_object("metadata", m)?;
+    }
+    if input.attachments.len() > validate::MAX_ATTACHMENTS {
+        return Err(AppError::invalid_field(
+            "attachments",
+            format!("at most {} attachments", validate::MAX_ATTACHMENTS),
+        ));
+    }
+    for a in &mut input.attachments {
+        validate::max_chars("attachments.type", &a.kind, 64)?;
+        if a.kind.is_empty() || a.url.is_empty() {
+            return Err(AppError::invalid_field(
+                "attachments",
+                "type and url are required",
+            ));
+        }
+        validate::max_chars("attachments.url", &a.url, 4096)?;
+        if let Some(f) = &a.filename {
+            validate::max_chars("attachments.filename", f, 512)?;
+        }
+        if let Some(m) = &a.metadata {
+            validate::json_object("attachments.metadata", m)?;
+        }
+        if a.size.is_some_and(|s| s < 0) {
+            return Err(AppError::invalid_field(
+                "attachments.size",
+                "must not be negative",
+            ));
+        }
+        a.id.get_or_insert_with(|| Uuid::now_v7().to_string());
+    }
+    Ok(())
+}
+
+/// Persists a message and only then announces it.
+///
+/// One statement takes the next `seq` (row-locking the conversation), inserts the message
+/// and moves the sender's read horizon, so it commits or fails as a whole: a failure, or a
+/// retried `client_message_id`, never leaves a gap in `seq`.
+#[tracing::instrument(skip_all, fields(conversation_id = %conversation_id), err(Display))]
+pub async fn send(
+    state: &AppState,
+    principal: &Principal,
+    conversation_id: Uuid,
+    mut input: SendMessage,
+    options: SendOptions,
+) -> AppResult<Sent> {
+    validate_send(state, &mut input)?;
+    let sender = resolve_sender(principal, &input)?;
+    let access = Access::load(&state.db, principal, conversation_id).await?;
+    access.require_write()?;
+    access.require_active()?;
+
+    let metadata = input.metadata.clone().unwrap_or_else(|| json!({}));
+    let platform_context = json!({
+        "room_id": access.room,
+        "channel_id": access.room,
+        "thread_id": input.thread_id,
+        "server_id": SERVER_ID,
+        "metadata": { "source": options.source },
+    });
+    let attachments = serde_json::to_value(&input.attachments).map_err(anyhow::Error::from)?;
+    let inserted: Result<Option<Row>, sqlx::Error> = sqlx::query_as(concat!(
+        r#"
+        WITH c AS (
+            UPDATE conversations
+            SET last_seq = last_seq + 1, message_count = message_count + 1,
+                last_message_at = now(), updated_at = now()
+            WHERE id = $1 AND archived_at IS NULL
+            RETURNING id, last_seq, platform
+        ), m AS (
+            INSERT INTO messages
+                (id, conversation_id, seq, sender_id, sender_name, sender_type, text,
+                 client_message_id, platform_context, attachments, metadata, thread_id)
+            SELECT $2, c.id, c.last_seq, $3, $4, $5, $6, $7,
+                   $8::jsonb || jsonb_build_object('platform', c.platform), $9, $10, $11
+            FROM c
+            RETURNING *
+        ), p AS (
+            INSERT INTO participants
+                (conversation_id, participant_id, participant_type, display_name, last_read_seq)
+            SELECT m.conversation_id, m.sender_id, m.sender_type, m.sender_name, m.seq FROM m
+            ON CONFLICT (conversation_id, participant_id)
+            DO UPDATE SET last_read_seq = greatest(participants.last_read_seq, excluded.last_read_seq)
+        )
+        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.sender_name, m.sender_type, m.text,
+               m.client_message_id, m.platform_context, m.attachments, m.metadata, m.thread_id,
+               m.reactions, m.edit_history, m.created_at, m.updated_at, m.deleted_at,
+               NULL::bigint AS read_horizon
+        FROM m
+        "#
+    ))
+    .bind(conversation_id)
+    .bind(Uuid::now_v7())
+    .bind(&sender.id)
+    .bind(&sender.name)
+    .bind(&sender.kind)
+    .bind(&input.text)
+    .bind(&input.client_message_id)
+    .bind(&platform_context)
+    .bind(&attachments)
+    .bind(&metadata)
+    .bind(&input.thread_id)
+    .fetch_optional(&state.db)
+    .await;
+
+    let row = match inserted {
+        Ok(Some(row)) => row,
+        // Archived (or deleted) between the access check and the insert.
+        Ok(None) => return Err(AppError::archived()),
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("messages_client_id_key") => {
+            let existing = find_by_client_id(
+                &state.db,
+                conversation_id,
+                &sender.id,
+                input.client_message_id.as_deref().unwrap_or_default(),
+            )
+            .await?;
+            return Ok(Sent {
+                message: existing,
+                created: false,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let message: Message = row.into();
+    crate::metrics::message_persisted();
+    publish_created(state, &access.room, &message, &options);
+    Ok(Sent {
+        message,
+        created: true,
+    })
+}
+
+async fn find_by_client_id(
+    db: impl PgExecutor<'_>,
+    conversation_id: Uuid,
+    sender_id: &str,
+    client_message_id: &str,
+) -> AppResult<Message> {
+    let row: Option<Row> = sqlx::query_as(concat!(
+        message_select!(),
+        "WHERE m.conversation_id = $1 AND m.sender_id = $2 AND m.client_message_id = $3"
+    ))
+    .bind(conversation_id)
+    .bind(sender_id)
+    .bind(client_message_id)
+    .fetch_optional(db)
+    .await?;
+    row.map(Into::into).ok_or(AppError::NotFound("message"))
+}
+
+fn publish_created(state: &AppState, room: &str, message: &Message, options: &SendOptions) {
+    let mut data = serde_json::to_value(message).unwrap_or(Value::Null);
+    if let (Some(source), Some(obj)) = (&options.source, data.as_object_mut()) {
+        obj.insert("source".into(), json!(source));
+    }
+    state.events.publish(Event {
+        kind: EventKind::MessageCreated,
+        conversation_id: message.conversation_id,
+        room: room.to_owned(),
+        data,
+        origin: options.origin.clone(),
+    });
+}
+
+/// Reads one message; the caller must be able to read its conversation.
+pub async fn get(state: &AppState, principal: &Principal, id: Uuid) -> AppResult<Message> {
+    let message = fetch(&state.db, id).await?;
+    Access::load(&state.db, principal, message.conversation_id)
+        .await
+        .map_err(|e| match e {
+            AppError::NotFound(_) => AppError::NotFound("message"),
+            other => other,
+        })?;
+    Ok(message)
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessage {
+    pub text: String,
+}
+
+/// Edits the text (the author, or a service); the previous text goes to `edit_history`.
+pub async fn edit(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+    input: EditMessage,
+) -> AppResult<Message> {
+    validate::text(&input.text, state.config.max_message_chars)?;
+    let current = get(state, principal, id).await?;
+    if current.sender_id != principal.id && !principal.is_service() {
+        return Err(AppError::Forbidden(
+            "only the author may edit a message".into(),
+        ));
+    }
+    let access = Access::load(&state.db, principal, current.conversation_id).await?;
+    access.require_active()?;
+    let updated = sqlx::query(
+        r#"
+        UPDATE messages
+        SET edit_history = edit_history || jsonb_build_array(
+                jsonb_build_object('text', text, 'edited_at', now())),
+            text = $2,
+            updated_at = now()
+        WHERE id = $1 AND deleted_at IS NULL
+        "#,
+    )
+    .bind(id)
+    .bind(&input.text)
+    .execute(&state.db)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(AppError::Conflict {
+            code: "MESSAGE_DELETED",
+            message: "a deleted message cannot be edited".into(),
+        });
+    }
+    let message = fetch(&state.db, id).await?;
+    publish(state, EventKind::MessageUpdated, &access.room, &message);
+    Ok(message)
+}
+
+/// Soft delete (author, conversation owner, admin or service): the row and its `seq` stay.
+pub async fn delete(state: &AppState, principal: &Principal, id: Uuid) -> AppResult<Message> {
+    let current = get(state, principal, id).await?;
+    let access = Access::load(&state.db, principal, current.conversation_id).await?;
+    if current.sender_id != principal.id {
+        access.require_manage("delete other people's messages")?;
+    }
+    sqlx::query(
+        "UPDATE messages SET deleted_at = coalesce(deleted_at, now()), updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&state.db)
+    .await?;
+    let message = fetch(&state.db, id).await?;
+    publish(state, EventKind::MessageDeleted, &access.room, &message);
+    Ok(message)
+}
+
+pub(crate) fn publish(state: &AppState, kind: EventKind, room: &str, message: &Message) {
+    state.events.publish(Event {
+        kind,
+        conversation_id: message.conversation_id,
+        room: room.to_owned(),
+        data: serde_json::to_value(message).unwrap_or(Value::Null),
+        origin: Origin::default(),
+    });
+}

@@ -1,0 +1,39 @@
+//! The business operations every transport calls: plain async functions over
+//! [`AppState`](crate::state::AppState) returning typed output or [`AppError`](crate::error::AppError).
+
+pub mod access;
+pub mod conversations;
+pub mod events;
+pub mod history;
+pub mod messages;
+pub mod participants;
+pub mod reactions;
+pub mod reads;
+pub mod validate;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Items matching the query across all pages.
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+    pub has_more: bool,
+}
+
+impl<T> Page<T> {
+    pub fn new(items: Vec<T>, total: i64, limit: i64, offset: i64) -> Self {
+        let has_more = offset + (items.len() as i64) < total;
+        Self {
+            items,
+            total,
+            limit,
+            offset,
+            has_more,
+        }
+    }
+}

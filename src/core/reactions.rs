@@ -1,0 +1,121 @@
+//! Reactions: one per principal per emoji, counted on the message in the same transaction.
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{
+    access::Access,
+    events::EventKind,
+    messages::{self, Message},
+};
+use crate::{
+    auth::Principal,
+    error::{AppError, AppResult},
+    state::AppState,
+};
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddReaction {
+    pub emoji: String,
+}
+
+fn validate_emoji(emoji: &str) -> AppResult<()> {
+    if emoji.trim().is_empty() || emoji.chars().count() > 32 || emoji.chars().any(char::is_control)
+    {
+        return Err(AppError::invalid_field(
+            "emoji",
+            "must be 1 to 32 visible characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Adds the caller's reaction; returns the message and whether it was new.
+pub async fn add(
+    state: &AppState,
+    principal: &Principal,
+    message_id: Uuid,
+    emoji: &str,
+) -> AppResult<(Message, bool)> {
+    validate_emoji(emoji)?;
+    let message = messages::get(state, principal, message_id).await?;
+    let access = Access::load(&state.db, principal, message.conversation_id).await?;
+    access.require_write()?;
+    if message.deleted_at.is_some() {
+        return Err(AppError::Conflict {
+            code: "MESSAGE_DELETED",
+            message: "a deleted message cannot be reacted to".into(),
+        });
+    }
+    let mut tx = state.db.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO reactions (message_id, principal_id, emoji) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(message_id)
+    .bind(&principal.id)
+    .bind(emoji)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        recount(&mut tx, message_id, emoji).await?;
+    }
+    let message = messages::fetch(&mut *tx, message_id).await?;
+    tx.commit().await?;
+    if inserted {
+        messages::publish(state, EventKind::ReactionUpdated, &access.room, &message);
+    }
+    Ok((message, inserted))
+}
+
+pub async fn remove(
+    state: &AppState,
+    principal: &Principal,
+    message_id: Uuid,
+    emoji: &str,
+) -> AppResult<Message> {
+    validate_emoji(emoji)?;
+    let message = messages::get(state, principal, message_id).await?;
+    let access = Access::load(&state.db, principal, message.conversation_id).await?;
+    let mut tx = state.db.begin().await?;
+    let removed = sqlx::query(
+        "DELETE FROM reactions WHERE message_id = $1 AND principal_id = $2 AND emoji = $3",
+    )
+    .bind(message_id)
+    .bind(&principal.id)
+    .bind(emoji)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if removed == 0 {
+        return Err(AppError::NotFound("reaction"));
+    }
+    recount(&mut tx, message_id, emoji).await?;
+    let message = messages::fetch(&mut *tx, message_id).await?;
+    tx.commit().await?;
+    messages::publish(state, EventKind::ReactionUpdated, &access.room, &message);
+    Ok(message)
+}
+
+/// Rewrites one emoji's count in the message's denormalised `reactions` map.
+async fn recount(conn: &mut sqlx::PgConnection, message_id: Uuid, emoji: &str) -> AppResult<()> {
+    sqlx::query(
+        r#"
+        UPDATE messages m SET reactions = CASE
+            WHEN n.count = 0 THEN m.reactions - $2
+            ELSE jsonb_set(m.reactions, ARRAY[$2], to_jsonb(n.count))
+        END
+        FROM (SELECT count(*) AS count FROM reactions WHERE message_id = $1 AND emoji = $2) n
+        WHERE m.id = $1
+        "#,
+    )
+    .bind(message_id)
+    .bind(emoji)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Read state: each participant's read horizon, and unread counts derived from it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{
+    access::Access,
+    events::{Event, EventKind, Origin},
+    validate,
+};
+use crate::{
+    auth::Principal,
+    error::{AppError, AppResult},
+    state::AppState,
+};
+
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    /// Services and admins may mark for another participant.
+    pub user_id: Option<String>,
+    /// Defaults to the newest message.
+    pub up_to_seq: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ReadState {
+    pub conversation_id: Uuid,
+    pub user_id: String,
+    pub last_read_seq: i64,
+    pub unread_count: i64,
+}
+
+/// Moves the read horizon forward (never back) and announces it.
+pub async fn mark_read(
+    state: &AppState,
+    principal: &Principal,
+    conversation_id: Uuid,
+    input: MarkRead,
+    origin: Origin,
+) -> AppResult<ReadState> {
+    let user_id = match input.user_id {
+        Some(u) if u != principal.id => {
+            if !principal.is_privileged() {
+                return Err(AppError::Forbidden(
+                    "only services and admins may mark messages read for someone else".into(),
+                ));
+            }
+            validate::id("user_id", &u)?;
+            u
+        }
+        _ => principal.id.clone(),
+    };
+    if input.up_to_seq.is_some_and(|s| s < 0) {
+        return Err(AppError::invalid_field("up_to_seq", "must not be negative"));
+    }
+    let access = Access::load(&state.db, principal, conversation_id).await?;
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        r#"
+        UPDATE participants p
+        SET last_read_seq = greatest(p.last_read_seq, least(coalesce($3, c.last_seq), c.last_seq))
+        FROM conversations c
+        WHERE p.conversation_id = $1 AND p.participant_id = $2 AND c.id = p.conversation_id
+        RETURNING p.last_read_seq, c.last_seq
+        "#,
+    )
+    .bind(conversation_id)
+    .bind(&user_id)
+    .bind(input.up_to_seq)
+    .fetch_optional(&state.db)
+    .await?;
+    let (last_read_seq, last_seq) = row.ok_or(AppError::Forbidden(
+        "only participants have a read state in this conversation".into(),
+    ))?;
+    state.events.publish(Event {
+        kind: EventKind::MessagesRead,
+        conversation_id,
+        room: access.room,
+        data: json!({
+            "conversation_id": conversation_id,
+            "user_id": user_id,
+            "last_read_seq": last_read_seq,
+        }),
+        origin,
+    });
+    Ok(ReadState {
+        conversation_id,
+        user_id,
+        last_read_seq,
+        unread_count: (last_seq - last_read_seq).max(0),
+    })
+}

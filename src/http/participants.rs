@@ -1,0 +1,73 @@
+//! `/conversations/{id}/participants`.
+
+use axum::{extract::State, http::StatusCode};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::{ApiResult, Auth, Envelope, Json, Path, ok, ok_with};
+use crate::{
+    core::participants::{self, NewParticipant, Participant},
+    error::ErrorBody,
+    state::AppState,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, add))
+        .routes(routes!(remove))
+}
+
+/// Participants, in joining order.
+#[utoipa::path(get, path = "/api/v1/communication/conversations/{id}/participants", tag = "participants",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = inline(Envelope<Vec<Participant>>)), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Vec<Participant>> {
+    ok(
+        StatusCode::OK,
+        participants::list(&state, &principal, id).await?,
+    )
+}
+
+/// Add a participant (owner, admin, service): 201 new, 200 already in.
+#[utoipa::path(post, path = "/api/v1/communication/conversations/{id}/participants", tag = "participants",
+    params(("id" = Uuid, Path)), request_body = NewParticipant,
+    responses((status = 201, body = inline(Envelope<Participant>)), (status = 200, body = inline(Envelope<Participant>)),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn add(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<Uuid>,
+    Json(input): Json<NewParticipant>,
+) -> ApiResult<Participant> {
+    let added = participants::add(&state, &principal, id, input).await?;
+    if added.is_new {
+        ok_with(StatusCode::CREATED, added.participant, "participant added")
+    } else {
+        ok_with(StatusCode::OK, added.participant, "already a participant")
+    }
+}
+
+/// Remove a participant (owner, admin, service, or oneself).
+#[utoipa::path(delete, path = "/api/v1/communication/conversations/{id}/participants/{participant_id}",
+    tag = "participants", params(("id" = Uuid, Path), ("participant_id" = String, Path)),
+    responses((status = 200, body = inline(Envelope<serde_json::Value>)),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn remove(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((id, participant_id)): Path<(Uuid, String)>,
+) -> ApiResult<serde_json::Value> {
+    participants::remove(&state, &principal, id, &participant_id).await?;
+    ok_with(
+        StatusCode::OK,
+        serde_json::json!({ "conversation_id": id, "participant_id": participant_id }),
+        "participant removed",
+    )
+}

@@ -1,0 +1,16 @@
+//! Colloquy: a conversation server. REST, Socket.IO and WebSocket transports over one
+//! core of operations, persisted in Postgres.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+
+pub use startup::Server;

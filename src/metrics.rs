@@ -1,0 +1,71 @@
+//! Prometheus metrics: one process-wide recorder, rendered at `/metrics`.
+
+use std::{sync::OnceLock, time::Duration};
+
+use axum::http::{Method, StatusCode};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder once per process (tests start many servers in one process).
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            gauge!("colloquy_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            Some(handle)
+        })
+        .as_ref()
+}
+
+pub fn render() -> String {
+    install().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+pub fn record_http(method: &Method, route: &str, status: StatusCode, elapsed: Duration) {
+    let labels = [
+        ("method", method.as_str().to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.as_u16().to_string()),
+    ];
+    counter!("colloquy_http_requests_total", &labels).increment(1);
+    histogram!("colloquy_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+}
+
+pub fn message_persisted() {
+    counter!("colloquy_messages_persisted_total").increment(1);
+}
+
+pub fn send_acked(transport: &'static str, elapsed: Duration) {
+    histogram!("colloquy_send_ack_seconds", "transport" => transport).record(elapsed.as_secs_f64());
+}
+
+pub fn rate_limited(transport: &'static str) {
+    counter!("colloquy_rate_limited_total", "transport" => transport).increment(1);
+}
+
+pub fn connection_opened(transport: &'static str) {
+    gauge!("colloquy_connections", "transport" => transport).increment(1.0);
+}
+
+pub fn connection_closed(transport: &'static str) {
+    gauge!("colloquy_connections", "transport" => transport).decrement(1.0);
+}
+
+pub fn broadcast_delivered(transport: &'static str, n: u64) {
+    counter!("colloquy_broadcast_deliveries_total", "transport" => transport).increment(n);
+}
+
+pub fn pool(in_use: u32, idle: u32) {
+    gauge!("colloquy_db_pool_connections", "state" => "in_use").set(f64::from(in_use));
+    gauge!("colloquy_db_pool_connections", "state" => "idle").set(f64::from(idle));
+}

@@ -1,0 +1,241 @@
+//! Building and running the server: what `main` and the tests both start.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use axum::{
+    Router,
+    extract::Request,
+    http::{HeaderName, HeaderValue, Method},
+    middleware,
+};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, util::MapRequestLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{
+    auth::Verifier, config::Config, core::events::Events, http, limits::RateLimiter,
+    state::AppState,
+};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct Server {
+    listener: TcpListener,
+    app: Router,
+    state: AppState,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Connects lazily: the server starts (and `/readyz` says not ready) while Postgres is down.
+pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
+    let url = config
+        .database_url
+        .as_ref()
+        .context("DATABASE_URL is required")?;
+    let options: PgConnectOptions = url
+        .expose()
+        .parse()
+        .context("DATABASE_URL is not a valid Postgres URL")?;
+    Ok(PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("colloquy")))
+}
+
+/// Runs migrations, retrying with backoff until the database answers.
+async fn migrate_with_retry(db: PgPool, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match MIGRATOR.run(&db).await {
+            Ok(()) => {
+                ready.store(true, Ordering::Release);
+                tracing::info!("database ready");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not ready");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let origins = config.cors_allowed_origins.trim();
+    let allow_origin = if origins == "*" || origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .split(',')
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderName::from_static("x-ratelimit-reset"),
+            HeaderName::from_static("retry-after"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+impl Server {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        crate::metrics::install();
+        let verifier = Verifier::from_config(&config)?;
+        let db = pool(&config)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let state = AppState {
+            db: db.clone(),
+            limiter: Arc::new(RateLimiter::per_minute(config.rate_limit_per_minute)),
+            config: Arc::new(config),
+            verifier: Arc::new(verifier),
+            events: Events::new(),
+            shutdown: CancellationToken::new(),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        let mut background = vec![tokio::spawn(migrate_with_retry(
+            db,
+            state.ready.clone(),
+            state.shutdown.clone(),
+        ))];
+        let limiter = state.limiter.clone();
+        let shutdown = state.shutdown.clone();
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => limiter.housekeep(),
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }));
+
+        let (api, spec) = http::api(state.clone());
+        let app = Router::new()
+            .merge(api)
+            .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+            .fallback(http::not_found)
+            .layer(axum::extract::DefaultBodyLimit::max(http::MAX_BODY_BYTES))
+            .layer(middleware::from_fn(crate::telemetry::request_context))
+            .layer(cors(&state.config))
+            .with_state(state.clone());
+        Ok(Self {
+            listener,
+            app,
+            state,
+            background,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.listen)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Waits until migrations have run (tests; `migrate`).
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = tokio::time::Instant::now();
+        while !self.state.is_ready() {
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "database not ready after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Serves until `stop` is cancelled (or SIGTERM/SIGINT when `stop` is the state's token),
+    /// then drains in-flight requests.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            app,
+            state,
+            background,
+        } = self;
+        let shutdown = state.shutdown.clone();
+        let app = MapRequestLayer::new(http::trim_trailing_slash).layer(app);
+        tracing::info!(addr = %listener.local_addr()?, "colloquy listening");
+        let graceful = {
+            let shutdown = shutdown.clone();
+            async move { shutdown.cancelled().await }
+        };
+        axum::serve(
+            listener,
+            axum::ServiceExt::<Request>::into_make_service(app),
+        )
+        .with_graceful_shutdown(graceful)
+        .await?;
+        for task in background {
+            task.abort();
+        }
+        state.db.close().await;
+        tracing::info!("colloquy stopped");
+        Ok(())
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}
