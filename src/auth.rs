@@ -112,6 +112,11 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> AppResult<Principal> {
+        if token.split('.').nth(2).is_some_and(str::is_empty) {
+            return Err(AppError::Unauthorized(
+                "token is unsigned (alg none is not accepted)".into(),
+            ));
+        }
         let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
             let why = match e.kind() {
                 ErrorKind::ExpiredSignature => "token has expired",

@@ -17,6 +17,9 @@ pub enum AppError {
         message: String,
         details: Option<Value>,
     },
+    /// Well-formed JSON of the wrong shape (422).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -62,6 +65,7 @@ impl AppError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             Self::Validation { .. } => StatusCode::BAD_REQUEST,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -75,7 +79,7 @@ impl AppError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Validation { .. } => "VALIDATION_ERROR",
+            Self::Validation { .. } | Self::Unprocessable(_) => "VALIDATION_ERROR",
             Self::Unauthorized(_) => "UNAUTHORIZED",
             Self::Forbidden(_) => "FORBIDDEN",
             Self::NotFound(_) => "NOT_FOUND",

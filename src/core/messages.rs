@@ -320,7 +320,7 @@ pub async fn send(
         "metadata": { "source": options.source },
     });
     let attachments = serde_json::to_value(&input.attachments).map_err(anyhow::Error::from)?;
-    let inserted: Result<Option<Row>, sqlx::Error> = sqlx::query_as(concat!(
+    let inserted: Result<Option<Row>, sqlx::Error> = sqlx::query_as(
         r#"
         WITH c AS (
             UPDATE conversations
@@ -348,8 +348,8 @@ pub async fn send(
                m.reactions, m.edit_history, m.created_at, m.updated_at, m.deleted_at,
                NULL::bigint AS read_horizon
         FROM m
-        "#
-    ))
+        "#,
+    )
     .bind(conversation_id)
     .bind(Uuid::now_v7())
     .bind(&sender.id)

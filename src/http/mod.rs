@@ -79,6 +79,7 @@ impl From<JsonRejection> for AppError {
             JsonRejection::MissingJsonContentType(_) => {
                 AppError::validation("expected `Content-Type: application/json`")
             }
+            JsonRejection::JsonDataError(e) => AppError::Unprocessable(e.body_text()),
             other => AppError::validation(other.body_text()),
         }
     }

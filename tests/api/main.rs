@@ -1,0 +1,12 @@
+//! Integration tests: real servers, real Postgres (a fresh database per test).
+
+mod helpers;
+
+mod access;
+mod bad_input;
+mod conversations;
+mod history;
+mod messages;
+mod operations;
+mod participants;
+mod sequencing;
