@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod realtime;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -27,7 +27,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
-    auth::Verifier, config::Config, core::events::Events, http, limits::RateLimiter,
+    auth::Verifier, config::Config, core::events::Events, http, limits::RateLimiter, realtime,
     state::AppState,
 };
 
@@ -37,6 +37,7 @@ pub struct Server {
     listener: TcpListener,
     app: Router,
     state: AppState,
+    io: socketioxide::SocketIo,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -145,19 +146,30 @@ impl Server {
             }
         }));
 
+        let (sio_layer, io) = realtime::socketio::layer(&state);
+        background.push(realtime::fanout::spawn(
+            &state.events,
+            io.clone(),
+            realtime::socketio::namespaces(&state),
+        ));
+        background.extend(realtime::bus::spawn(&state));
+
         let (api, spec) = http::api(state.clone());
         let app = Router::new()
             .merge(api)
+            .route("/ws", axum::routing::get(realtime::ws::handler))
             .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
             .fallback(http::not_found)
             .layer(axum::extract::DefaultBodyLimit::max(http::MAX_BODY_BYTES))
             .layer(middleware::from_fn(crate::telemetry::request_context))
+            .layer(sio_layer)
             .layer(cors(&state.config))
             .with_state(state.clone());
         Ok(Self {
             listener,
             app,
             state,
+            io,
             background,
         })
     }
@@ -192,6 +204,7 @@ impl Server {
             listener,
             app,
             state,
+            io,
             background,
         } = self;
         let shutdown = state.shutdown.clone();
@@ -199,7 +212,11 @@ impl Server {
         tracing::info!(addr = %listener.local_addr()?, "colloquy listening");
         let graceful = {
             let shutdown = shutdown.clone();
-            async move { shutdown.cancelled().await }
+            async move {
+                shutdown.cancelled().await;
+                // Open websockets would otherwise hold the shutdown.
+                io.close().await;
+            }
         };
         axum::serve(
             listener,

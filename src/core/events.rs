@@ -3,11 +3,11 @@
 //! Operations publish here; the Socket.IO and `/ws` transports subscribe and fan out to
 //! their rooms. The bus also carries events between processes (see `realtime::bus`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +50,8 @@ pub struct Event {
 #[derive(Clone)]
 pub struct Events {
     local: broadcast::Sender<Arc<Event>>,
+    /// Set when the cross-process bus runs: events published here are relayed to it.
+    relay: Arc<OnceLock<mpsc::Sender<Arc<Event>>>>,
 }
 
 impl Default for Events {
@@ -63,12 +65,32 @@ impl Events {
         // A subscriber that falls this far behind skips events (and is told so) instead
         // of slowing the publishers: the durable record is the database.
         let (local, _) = broadcast::channel(4096);
-        Self { local }
+        Self {
+            local,
+            relay: Arc::new(OnceLock::new()),
+        }
     }
 
-    /// Delivers to this process's transports; the cross-process bus relays it onwards.
+    /// Delivers to this process's transports and, through the bus, to every other process.
     pub fn publish(&self, event: Event) {
-        let _ = self.local.send(Arc::new(event));
+        let event = Arc::new(event);
+        if let Some(relay) = self.relay.get()
+            && relay.try_send(event.clone()).is_err()
+        {
+            tracing::warn!(
+                "event relay is full; other processes miss one event (clients gap-fill)"
+            );
+        }
+        let _ = self.local.send(event);
+    }
+
+    /// Delivers an event that came from another process to this process's transports only.
+    pub fn deliver_local(&self, event: Arc<Event>) {
+        let _ = self.local.send(event);
+    }
+
+    pub fn set_relay(&self, relay: mpsc::Sender<Arc<Event>>) {
+        let _ = self.relay.set(relay);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {

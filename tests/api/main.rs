@@ -4,9 +4,12 @@ mod helpers;
 
 mod access;
 mod bad_input;
+mod clients;
 mod conversations;
 mod history;
 mod messages;
 mod operations;
 mod participants;
+mod realtime;
 mod sequencing;
+mod sio;
