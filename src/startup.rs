@@ -218,12 +218,21 @@ impl Server {
                 io.close().await;
             }
         };
-        axum::serve(
+        let serve = axum::serve(
             listener,
             axum::ServiceExt::<Request>::into_make_service(app),
         )
-        .with_graceful_shutdown(graceful)
-        .await?;
+        .with_graceful_shutdown(graceful);
+        // Drain for at most the grace period, then exit anyway.
+        let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = serve => result?,
+            _ = deadline => tracing::warn!(grace_secs = grace.as_secs(), "drain took too long; exiting"),
+        }
         for task in background {
             task.abort();
         }

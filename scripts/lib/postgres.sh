@@ -45,7 +45,15 @@ ensure_postgres() {
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
   fi
   mkdir -p "$data"
-  [ "$(id -u)" -eq 0 ] && chown postgres "$root/.pgdata" "$data"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown postgres "$root/.pgdata" "$data"
+    # The postgres user must reach the data directory (a checkout under /root cannot).
+    if ! runuser -u postgres -- test -x "$data"; then
+      data="${TMPDIR:-/tmp}/colloquy-pgdata/$mode"
+      mkdir -p "$data" && chown postgres "$(dirname "$data")" "$data"
+      echo "colloquy: $root is not readable by the postgres user; cluster kept in $data" >&2
+    fi
+  fi
   if [ ! -f "$data/PG_VERSION" ]; then
     echo "colloquy: initialising a Postgres cluster in $data" >&2
     _as_pg "$bindir/initdb" -D "$data" -A trust -U postgres --no-sync -E UTF8 >/dev/null

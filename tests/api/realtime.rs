@@ -615,3 +615,37 @@ async fn a_client_killed_mid_stream_recovers_every_message_exactly_once() {
     let _ = StatusCode::OK;
     let _: Value = Value::Null;
 }
+
+#[tokio::test]
+async fn shutdown_closes_sockets_cleanly_and_stops_the_server() {
+    let mut app = spawn_app().await;
+    let cid = app.conversation("alice", &[]).await;
+    let mut alice = Sio::connect(&app, Some(&token("alice"))).await.unwrap();
+    let ack = alice
+        .call(
+            "chat_message",
+            json!({"conversation_id": cid, "text": "before shutdown"}),
+        )
+        .await;
+    assert_eq!(ack["success"], true);
+    let mut ws = Ws::connect(&app, &cid, &token("alice")).await.unwrap();
+    ws.next("status", 3000).await.unwrap();
+    app.shutdown.cancel();
+    // Both connections are closed by the server, not left hanging.
+    assert!(alice.next_event("never", 5000).await.is_none());
+    assert!(ws.next("never", 5000).await.is_none());
+    let task = app.task.take().unwrap();
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    assert!(
+        matches!(finished, Ok(Ok(Ok(())))),
+        "server stops cleanly: {finished:?}"
+    );
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app.database_url)
+        .await
+        .unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the acknowledged message is stored");
+}
