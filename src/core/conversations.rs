@@ -386,11 +386,9 @@ pub async fn list(
     principal: &Principal,
     query: ListConversations,
 ) -> AppResult<Page<Conversation>> {
-    let limit = validate::limit(query.limit, 20, 100)?;
-    let offset = validate::offset(query.offset)?;
     // Whose conversations: ordinary callers see their own; admins and services may name anyone
     // or, naming nobody, see all.
-    let scope = match query.participant_id {
+    let scope = match query.participant_id.clone() {
         Some(p) if p != principal.id && !principal.is_privileged() => {
             return Err(AppError::Forbidden(
                 "you may only list your own conversations".into(),
@@ -400,6 +398,19 @@ pub async fn list(
         None if principal.is_privileged() => None,
         None => Some(principal.id.clone()),
     };
+    list_scoped(state, principal, scope, query).await
+}
+
+/// Lists conversations of `scope` (everyone's when `None`) as seen by `principal`;
+/// the caller has already decided that `principal` may see them.
+pub(crate) async fn list_scoped(
+    state: &AppState,
+    principal: &Principal,
+    scope: Option<String>,
+    query: ListConversations,
+) -> AppResult<Page<Conversation>> {
+    let limit = validate::limit(query.limit, 20, 100)?;
+    let offset = validate::offset(query.offset)?;
     let with = query.with_participant.or(query.bot_id);
     if let Some(p) = &query.platform {
         validate::one_of("platform", p, validate::PLATFORMS)?;

@@ -5,6 +5,7 @@ pub mod access;
 pub mod conversations;
 pub mod events;
 pub mod history;
+pub mod insights;
 pub mod messages;
 pub mod participants;
 pub mod reactions;

@@ -2,6 +2,7 @@
 
 mod conversations;
 mod health;
+mod insights;
 mod messages;
 pub mod openapi;
 mod participants;
@@ -168,6 +169,7 @@ pub fn api(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(conversations::router())
         .merge(participants::router())
         .merge(messages::router())
+        .merge(insights::router())
         .route_layer(middleware::from_fn_with_state(state, authenticate))
         .split_for_parts();
     let (public, public_spec) = health::router().split_for_parts();

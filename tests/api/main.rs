@@ -7,6 +7,7 @@ mod bad_input;
 mod clients;
 mod conversations;
 mod history;
+mod insights;
 mod messages;
 mod operations;
 mod participants;

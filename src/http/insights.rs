@@ -1,0 +1,86 @@
+//! Search, the unread inbox and agent registration.
+
+use axum::{extract::State, http::StatusCode};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{ApiResult, Auth, Envelope, Json, Path, Query, ok};
+use crate::{
+    core::{
+        Page,
+        conversations::{Conversation, ListConversations},
+        insights::{self, Agent, Inbox, RegisterAgent, SearchHit, SearchQuery},
+    },
+    error::ErrorBody,
+    state::AppState,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(search))
+        .routes(routes!(unread))
+        .routes(routes!(register_agent))
+        .routes(routes!(agent_conversations))
+}
+
+/// Full-text search over messages the caller may read, best match first.
+#[utoipa::path(get, path = "/api/v1/communication/messages/search", tag = "intelligence",
+    params(SearchQuery),
+    responses((status = 200, body = inline(Envelope<Page<SearchHit>>)), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn search(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Query(query): Query<SearchQuery>,
+) -> ApiResult<Page<SearchHit>> {
+    ok(
+        StatusCode::OK,
+        insights::search(&state, &principal, query).await?,
+    )
+}
+
+/// The caller's unread messages across conversations.
+#[utoipa::path(get, path = "/api/v1/communication/unread", tag = "intelligence",
+    responses((status = 200, body = inline(Envelope<Inbox>))),
+    security(("bearer" = [])))]
+async fn unread(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Inbox> {
+    ok(StatusCode::OK, insights::unread(&state, &principal).await?)
+}
+
+/// Register an agent id owned by the caller: 201 new, 200 already yours, 409 someone else's.
+#[utoipa::path(post, path = "/api/v1/communication/agents", tag = "intelligence",
+    request_body = RegisterAgent,
+    responses((status = 201, body = inline(Envelope<Agent>)), (status = 200, body = inline(Envelope<Agent>)),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn register_agent(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Json(input): Json<RegisterAgent>,
+) -> ApiResult<Agent> {
+    let (agent, is_new) = insights::register_agent(&state, &principal, input).await?;
+    ok(
+        if is_new {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        agent,
+    )
+}
+
+/// The owner's read-only view of every conversation the agent is in.
+#[utoipa::path(get, path = "/api/v1/communication/agents/{agent_id}/conversations", tag = "intelligence",
+    params(("agent_id" = String, Path), ListConversations),
+    responses((status = 200, body = inline(Envelope<Page<Conversation>>)), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn agent_conversations(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(agent_id): Path<String>,
+    Query(query): Query<ListConversations>,
+) -> ApiResult<Page<Conversation>> {
+    ok(
+        StatusCode::OK,
+        insights::agent_conversations(&state, &principal, &agent_id, query).await?,
+    )
+}
