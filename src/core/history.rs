@@ -63,6 +63,21 @@ fn window(last_seq: i64, q: &HistoryQuery, limit: i64, offset: i64) -> Window {
     }
 }
 
+/// The filters of a filtered history page: `$1` conversation, `$2` before, `$3` after,
+/// `$4`/`$5` date range, `$6` sender.
+macro_rules! filtered_where {
+    () => {
+        r#"
+        WHERE m.conversation_id = $1
+          AND ($2::bigint IS NULL OR m.seq < $2)
+          AND ($3::bigint IS NULL OR m.seq > $3)
+          AND ($4::timestamptz IS NULL OR m.created_at >= $4)
+          AND ($5::timestamptz IS NULL OR m.created_at <= $5)
+          AND ($6::text IS NULL OR m.sender_id = $6)
+        "#
+    };
+}
+
 pub async fn history(
     state: &AppState,
     principal: &Principal,
@@ -111,13 +126,8 @@ pub async fn history(
     } else {
         let mut rows: Vec<Row> = sqlx::query_as(concat!(
             message_select!(),
+            filtered_where!(),
             r#"
-            WHERE m.conversation_id = $1
-              AND ($2::bigint IS NULL OR m.seq < $2)
-              AND ($3::bigint IS NULL OR m.seq > $3)
-              AND ($4::timestamptz IS NULL OR m.created_at >= $4)
-              AND ($5::timestamptz IS NULL OR m.created_at <= $5)
-              AND ($6::text IS NULL OR m.sender_id = $6)
             ORDER BY CASE WHEN $7 THEN m.seq ELSE -m.seq END
             LIMIT $8 OFFSET $9
             "#
@@ -136,17 +146,10 @@ pub async fn history(
         if !forward {
             rows.reverse();
         }
-        let (total,): (i64,) = sqlx::query_as(
-            r#"
-            SELECT count(*) FROM messages m
-            WHERE m.conversation_id = $1
-              AND ($2::bigint IS NULL OR m.seq < $2)
-              AND ($3::bigint IS NULL OR m.seq > $3)
-              AND ($4::timestamptz IS NULL OR m.created_at >= $4)
-              AND ($5::timestamptz IS NULL OR m.created_at <= $5)
-              AND ($6::text IS NULL OR m.sender_id = $6)
-            "#,
-        )
+        let (total,): (i64,) = sqlx::query_as(concat!(
+            "SELECT count(*) FROM messages m",
+            filtered_where!()
+        ))
         .bind(access.conversation_id)
         .bind(q.before_seq)
         .bind(q.after_seq)

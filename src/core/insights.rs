@@ -57,6 +57,22 @@ macro_rules! readable {
     };
 }
 
+/// The matching, readable, undeleted messages: `$1` query text, `$2` conversation,
+/// `$3` privileged caller, `$4` caller id.
+macro_rules! search_from_where {
+    () => {
+        concat!(
+            r#"
+            FROM messages m, websearch_to_tsquery('english', $1) query
+            WHERE m.search @@ query AND m.deleted_at IS NULL
+              AND ($2::uuid IS NULL OR m.conversation_id = $2)
+              AND ($3 OR m.conversation_id IN "#,
+            readable!("$4"),
+            ")"
+        )
+    };
+}
+
 pub async fn search(
     state: &AppState,
     principal: &Principal,
@@ -78,12 +94,9 @@ pub async fn search(
                NULL::bigint AS read_horizon,
                ts_rank(m.search, query) AS rank,
                ts_headline('english', m.text, query, 'StartSel=<mark>, StopSel=</mark>, MaxFragments=2') AS snippet
-        FROM messages m, websearch_to_tsquery('english', $1) query
-        WHERE m.search @@ query AND m.deleted_at IS NULL
-          AND ($2::uuid IS NULL OR m.conversation_id = $2)
-          AND ($3 OR m.conversation_id IN "#,
-        readable!("$4"),
-        r#")
+        "#,
+        search_from_where!(),
+        r#"
         ORDER BY rank DESC, m.created_at DESC
         LIMIT $5 OFFSET $6
         "#
@@ -96,21 +109,13 @@ pub async fn search(
     .bind(offset)
     .fetch_all(&state.db)
     .await?;
-    let (total,): (i64,) = sqlx::query_as(concat!(
-        r#"
-        SELECT count(*) FROM messages m, websearch_to_tsquery('english', $1) query
-        WHERE m.search @@ query AND m.deleted_at IS NULL
-          AND ($2::uuid IS NULL OR m.conversation_id = $2)
-          AND ($3 OR m.conversation_id IN "#,
-        readable!("$4"),
-        ")"
-    ))
-    .bind(text)
-    .bind(q.conversation_id)
-    .bind(principal.is_privileged())
-    .bind(&principal.id)
-    .fetch_one(&state.db)
-    .await?;
+    let (total,): (i64,) = sqlx::query_as(concat!("SELECT count(*) ", search_from_where!()))
+        .bind(text)
+        .bind(q.conversation_id)
+        .bind(principal.is_privileged())
+        .bind(&principal.id)
+        .fetch_one(&state.db)
+        .await?;
     let items = rows
         .into_iter()
         .map(|r| SearchHit {

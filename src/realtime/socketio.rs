@@ -93,6 +93,23 @@ async fn authenticate(
     }
 }
 
+/// Registers an event whose handler is `op(&state, &socket, payload) -> AppResult<Value>`,
+/// answered through [`respond`].
+macro_rules! on_event {
+    ($socket:expr, $name:literal, $op:path) => {
+        $socket.on(
+            $name,
+            async |s: SocketRef,
+                   TryData(d): TryData<Value>,
+                   ack: Ack,
+                   State(st): State<AppState>| {
+                let r = $op(&st, &s, data(d)).await;
+                respond(&s, ack, $name, r);
+            },
+        )
+    };
+}
+
 async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
     socket.join(socket_room(&socket.id.to_string()));
     crate::metrics::connection_opened("socketio");
@@ -106,20 +123,8 @@ async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
         tracing::warn!(error = %e, "auto-join for agent failed");
     }
 
-    socket.on(
-        "join",
-        async |s: SocketRef, TryData(d): TryData<Value>, ack: Ack, State(st): State<AppState>| {
-            let r = join(&st, &s, data(d)).await;
-            respond(&s, ack, "join", r);
-        },
-    );
-    socket.on(
-        "leave",
-        async |s: SocketRef, TryData(d): TryData<Value>, ack: Ack, State(st): State<AppState>| {
-            let r = leave(&st, &s, data(d)).await;
-            respond(&s, ack, "leave", r);
-        },
-    );
+    on_event!(socket, "join", join);
+    on_event!(socket, "leave", leave);
     socket.on(
         "join_all",
         async |s: SocketRef, ack: Ack, State(st): State<AppState>| {
@@ -139,34 +144,10 @@ async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
             respond(&s, ack, "chat_message", r);
         },
     );
-    socket.on(
-        "message",
-        async |s: SocketRef, TryData(d): TryData<Value>, ack: Ack, State(st): State<AppState>| {
-            let r = eliza_envelope(&st, &s, data(d)).await;
-            respond(&s, ack, "message", r);
-        },
-    );
-    socket.on(
-        "typing",
-        async |s: SocketRef, TryData(d): TryData<Value>, ack: Ack, State(st): State<AppState>| {
-            let r = typing(&st, &s, data(d)).await;
-            respond(&s, ack, "typing", r);
-        },
-    );
-    socket.on(
-        "mark_read",
-        async |s: SocketRef, TryData(d): TryData<Value>, ack: Ack, State(st): State<AppState>| {
-            let r = mark_read(&st, &s, data(d)).await;
-            respond(&s, ack, "mark_read", r);
-        },
-    );
-    socket.on(
-        "complete",
-        async |s: SocketRef, TryData(d): TryData<Value>, ack: Ack, State(st): State<AppState>| {
-            let r = complete(&st, &s, data(d)).await;
-            respond(&s, ack, "complete", r);
-        },
-    );
+    on_event!(socket, "message", eliza_envelope);
+    on_event!(socket, "typing", typing);
+    on_event!(socket, "mark_read", mark_read);
+    on_event!(socket, "complete", complete);
 }
 
 /// Whether the client asked for an ack, with the ack sender itself.
