@@ -112,6 +112,15 @@ pub struct Config {
     #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
     pub openai_model: String,
 
+    /// Seconds to wait for the OpenAI-compatible endpoint before falling back to the
+    /// extractive summary.
+    #[arg(long, env = "OPENAI_TIMEOUT_SECONDS", default_value_t = 20)]
+    pub openai_timeout_seconds: u64,
+
+    /// Seconds of work one REST request may take before it is answered 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub request_timeout_seconds: u64,
+
     /// `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -141,6 +150,8 @@ impl Config {
             openai_base_url: "https://api.openai.com/v1".into(),
             openai_api_key: None,
             openai_model: "gpt-4o-mini".into(),
+            openai_timeout_seconds: 20,
+            request_timeout_seconds: 30,
             log_format: LogFormat::Pretty,
             shutdown_grace_seconds: 20,
         }

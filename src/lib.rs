@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod realtime;
 pub mod startup;
 pub mod state;
+pub mod summarize;
 pub mod telemetry;
 
 pub use startup::Server;

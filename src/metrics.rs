@@ -69,3 +69,7 @@ pub fn pool(in_use: u32, idle: u32) {
     gauge!("colloquy_db_pool_connections", "state" => "in_use").set(f64::from(in_use));
     gauge!("colloquy_db_pool_connections", "state" => "idle").set(f64::from(idle));
 }
+
+pub fn summary_fallback() {
+    counter!("colloquy_summary_fallbacks_total").increment(1);
+}

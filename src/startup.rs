@@ -120,7 +120,20 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let summariser = match config.summary_provider {
+            crate::config::SummaryProvider::Openai => Some(crate::summarize::openai::Client::new(
+                &config.openai_base_url,
+                config
+                    .openai_api_key
+                    .as_ref()
+                    .map(|k| k.expose().to_owned()),
+                config.openai_model.clone(),
+                Duration::from_secs(config.openai_timeout_seconds.max(1)),
+            )?),
+            crate::config::SummaryProvider::Extractive => None,
+        };
         let state = AppState {
+            summariser,
             db: db.clone(),
             limiter: Arc::new(RateLimiter::per_minute(config.rate_limit_per_minute)),
             config: Arc::new(config),

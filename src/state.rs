@@ -19,6 +19,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Set once migrations have run; API calls answer 503 until then.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// The OpenAI-compatible summary provider, when `SUMMARY_PROVIDER=openai`.
+    pub summariser: Option<crate::summarize::openai::Client>,
 }
 
 impl AppState {

@@ -2,6 +2,7 @@
 //! [`AppState`](crate::state::AppState) returning typed output or [`AppError`](crate::error::AppError).
 
 pub mod access;
+pub mod analytics;
 pub mod conversations;
 pub mod events;
 pub mod history;
@@ -10,6 +11,7 @@ pub mod messages;
 pub mod participants;
 pub mod reactions;
 pub mod reads;
+pub mod summary;
 pub mod validate;
 
 use serde::Serialize;

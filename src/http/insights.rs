@@ -2,13 +2,16 @@
 
 use axum::{extract::State, http::StatusCode};
 use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
 
 use super::{ApiResult, Auth, Envelope, Json, Path, Query, ok};
 use crate::{
     core::{
         Page,
+        analytics::{self, Analytics, AnalyticsQuery},
         conversations::{Conversation, ListConversations},
         insights::{self, Agent, Inbox, RegisterAgent, SearchHit, SearchQuery},
+        summary::{self, Summary},
     },
     error::ErrorBody,
     state::AppState,
@@ -20,6 +23,42 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(unread))
         .routes(routes!(register_agent))
         .routes(routes!(agent_conversations))
+        .routes(routes!(conversation_summary))
+        .routes(routes!(conversation_analytics))
+}
+
+/// A summary of the conversation's newest messages, cached until the conversation changes.
+#[utoipa::path(get, path = "/api/v1/communication/conversations/{id}/summary", tag = "intelligence",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = inline(Envelope<Summary>)), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn conversation_summary(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Summary> {
+    ok(
+        StatusCode::OK,
+        summary::summary(&state, &principal, id).await?,
+    )
+}
+
+/// Message counts, per-participant stats and an activity timeline.
+#[utoipa::path(get, path = "/api/v1/communication/conversations/{id}/analytics", tag = "intelligence",
+    params(("id" = Uuid, Path), AnalyticsQuery),
+    responses((status = 200, body = inline(Envelope<Analytics>)), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn conversation_analytics(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<Uuid>,
+    Query(query): Query<AnalyticsQuery>,
+) -> ApiResult<Analytics> {
+    ok(
+        StatusCode::OK,
+        analytics::analytics(&state, &principal, id, query).await?,
+    )
 }
 
 /// Full-text search over messages the caller may read, best match first.

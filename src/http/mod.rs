@@ -170,12 +170,31 @@ pub fn api(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(participants::router())
         .merge(messages::router())
         .merge(insights::router())
-        .route_layer(middleware::from_fn_with_state(state, authenticate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // REST only: Socket.IO long-polling holds requests open for the ping interval,
+        // and websockets must not be compressed or cut.
+        .layer(middleware::from_fn_with_state(state, deadline))
+        .layer(tower_http::compression::CompressionLayer::new())
         .split_for_parts();
     let (public, public_spec) = health::router().split_for_parts();
     let mut spec = spec;
     spec.merge(public_spec);
     (api.merge(public), spec)
+}
+
+/// Answers `503 UNAVAILABLE` when a request runs longer than `REQUEST_TIMEOUT_SECONDS`.
+/// The work is dropped at its next await point; a send whose commit already happened
+/// stays committed, and its retry with the same `client_message_id` returns it.
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = std::time::Duration::from_secs(state.config.request_timeout_seconds.max(1));
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => AppError::Unavailable(anyhow::anyhow!(
+            "request took longer than {}s",
+            limit.as_secs()
+        ))
+        .into_response(),
+    }
 }
 
 /// Unknown routes answer in our envelope.

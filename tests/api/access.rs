@@ -101,6 +101,20 @@ fn routes() -> Vec<Route> {
             expect: [200, 404, 200, 200, 200],
         },
         Route {
+            name: "summary",
+            method: Method::GET,
+            path: |c, _| api(&format!("/conversations/{c}/summary")),
+            body: None,
+            expect: [200, 404, 200, 200, 200],
+        },
+        Route {
+            name: "analytics",
+            method: Method::GET,
+            path: |c, _| api(&format!("/conversations/{c}/analytics?bucket=hour")),
+            body: None,
+            expect: [200, 404, 200, 200, 200],
+        },
+        Route {
             name: "list conversations",
             method: Method::GET,
             path: |_, _| api("/conversations"),

@@ -159,6 +159,22 @@ async fn agent_owners_read_their_agents_conversations_but_cannot_write() {
         .get(&api("/messages/search?q=help"), &token("owner"))
         .await;
     assert_eq!(found["data"]["total"], 1);
+    for insight in ["summary", "analytics"] {
+        let (s, body) = app
+            .get(
+                &api(&format!("/conversations/{c}/{insight}")),
+                &token("owner"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{insight}: {body}");
+        let (s, _) = app
+            .get(
+                &api(&format!("/conversations/{c}/{insight}")),
+                &token("thief"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{insight}");
+    }
 
     let (s, _) = app
         .post(

@@ -8,6 +8,7 @@ mod clients;
 mod conversations;
 mod history;
 mod insights;
+mod intelligence;
 mod messages;
 mod operations;
 mod participants;

@@ -142,3 +142,51 @@ async fn the_rate_limit_answers_429_with_retry_after_and_headers() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn rest_responses_are_compressed_but_socket_io_polling_is_not() {
+    let app = spawn_app().await;
+    let c = app.conversation("alice", &[]).await;
+    for i in 0..5 {
+        app.send(
+            "alice",
+            &c,
+            &format!("message {i} with some repeated text to compress"),
+        )
+        .await;
+    }
+    let res = app
+        .http
+        .get(format!(
+            "{}{}",
+            app.base,
+            api(&format!("/messages/conversations/{c}"))
+        ))
+        .bearer_auth(token("alice"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip")
+    );
+
+    let res = app
+        .http
+        .get(format!(
+            "{}/socket.io/?EIO=4&transport=polling&token={}",
+            app.base,
+            token("alice")
+        ))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("polling handshake");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().get("content-encoding").is_none());
+    assert!(res.text().await.unwrap_or_default().starts_with('0'));
+}
