@@ -231,6 +231,12 @@ impl Server {
                 io.close().await;
             }
         };
+        // Small frames (acks, broadcasts) must not wait for Nagle's algorithm.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         let serve = axum::serve(
             listener,
             axum::ServiceExt::<Request>::into_make_service(app),

@@ -35,6 +35,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             axum::Json(json!({ "status": "shutting_down" })),
         );
     }
+    if !state.is_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not_ready", "database": "not migrated yet" })),
+        );
+    }
     let ping = tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query("SELECT 1").execute(&state.db),

@@ -1,0 +1,258 @@
+//! `colloquy-bench`: load scenarios against any server that implements the Colloquy
+//! contract, printed as one markdown table. See `docs/benchmarks.md`.
+
+mod data;
+mod realtime;
+mod sio;
+mod stats;
+mod verify;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+
+use stats::Row;
+
+#[derive(Parser, Clone, Debug)]
+#[command(version, about)]
+pub struct Args {
+    /// Base URL of the server.
+    #[arg(long, env = "BENCH_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// HS256 secret the server verifies tokens with; the tool mints its own.
+    #[arg(long, env = "JWT_SECRET")]
+    pub secret: String,
+    /// Postgres the server uses: needed by `limit` and to seed `history`.
+    #[arg(long, env = "BENCH_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Server process id, to read its resident memory from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Comma list of: steady, fanout, idle, history, limit.
+    #[arg(long, default_value = "limit,steady,fanout,idle,history")]
+    pub scenarios: String,
+    /// Measured time of each timed scenario.
+    #[arg(long, default_value = "15s", value_parser = humantime_secs)]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 50)]
+    pub steady_conversations: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub fanout_listeners: usize,
+    /// Messages per second the fan-out sender sends.
+    #[arg(long, default_value_t = 10)]
+    pub fanout_rate: u64,
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_connections: usize,
+    /// Conversations × messages seeded for `history` (100 × 10,000 = 1,000,000).
+    #[arg(long, default_value_t = 100)]
+    pub history_conversations: i64,
+    #[arg(long, default_value_t = 10_000)]
+    pub history_messages: i64,
+    /// Requests per `history` row.
+    #[arg(long, default_value_t = 2000)]
+    pub history_requests: usize,
+    /// Concurrent connections of the one-per-transaction `limit`.
+    #[arg(long, default_value_t = 100)]
+    pub limit_concurrency: usize,
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("bad duration {s}"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!("bad duration unit in {s}")),
+    }
+}
+
+/// What every scenario needs.
+#[derive(Clone)]
+pub struct Ctx {
+    pub args: Args,
+    pub http: reqwest::Client,
+    /// Distinguishes this run's principals and client ids from earlier runs.
+    pub run: String,
+}
+
+impl Ctx {
+    pub fn token(&self, sub: &str) -> String {
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            + 6 * 3600;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": sub, "exp": exp, "name": sub}),
+            &jsonwebtoken::EncodingKey::from_secret(self.args.secret.as_bytes()),
+        )
+        .unwrap_or_default()
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!(
+            "{}/api/v1/communication{path}",
+            self.args.url.trim_end_matches('/')
+        )
+    }
+
+    pub async fn get(&self, who: &str, path: &str) -> anyhow::Result<Value> {
+        let res = self
+            .http
+            .get(self.api(path))
+            .bearer_auth(self.token(who))
+            .send()
+            .await?;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(body["data"].clone())
+    }
+
+    pub async fn post(&self, who: &str, path: &str, body: Value) -> anyhow::Result<Value> {
+        let res = self
+            .http
+            .post(self.api(path))
+            .bearer_auth(self.token(who))
+            .json(&body)
+            .send()
+            .await?;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("POST {path}: {status} {body}");
+        }
+        Ok(body["data"].clone())
+    }
+
+    /// Creates a conversation owned by `owner`; returns its id.
+    pub async fn conversation(&self, owner: &str, others: &[String]) -> anyhow::Result<String> {
+        let data = self
+            .post(
+                owner,
+                "/conversations",
+                json!({"name": format!("bench {}", self.run), "participants": others}),
+            )
+            .await?;
+        data["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("conversation id")
+    }
+
+    /// The server's resident memory, from /proc (same machine only).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let pid = self.args.server_pid?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
+    pub fn rss(&self) -> String {
+        self.rss_bytes()
+            .map_or("–".into(), |b| format!("{:.0} MiB", b as f64 / 1048576.0))
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |kb| format!("{:.0} GiB", kb as f64 / 1048576.0));
+    format!("{} cores ({cpu}), {mem} RAM", cores())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let ctx = Ctx {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .timeout(Duration::from_secs(60))
+            .build()?,
+        run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+        args: args.clone(),
+    };
+    let ready = ctx
+        .http
+        .get(format!("{}/readyz", args.url.trim_end_matches('/')))
+        .send()
+        .await
+        .with_context(|| format!("server at {} is not reachable", args.url))?;
+    if !ready.status().is_success() {
+        bail!("server at {} is not ready: {}", args.url, ready.status());
+    }
+    eprintln!(
+        "colloquy-bench run {} against {}: {}",
+        ctx.run,
+        args.url,
+        machine()
+    );
+
+    let mut rows: Vec<Row> = Vec::new();
+    for scenario in args.scenarios.split(',').map(str::trim) {
+        eprintln!("== {scenario}");
+        let result = match scenario {
+            "steady" => realtime::steady(&ctx).await.map(|r| vec![r]),
+            "fanout" => realtime::fanout(&ctx).await.map(|r| vec![r]),
+            "idle" => realtime::idle(&ctx).await.map(|r| vec![r]),
+            "history" => data::history(&ctx).await,
+            "limit" => data::limit(&ctx).await,
+            other => bail!("unknown scenario {other}"),
+        };
+        match result {
+            Ok(r) => {
+                for row in &r {
+                    eprintln!(
+                        "{}",
+                        stats::table(std::slice::from_ref(row), cores())
+                            .lines()
+                            .nth(2)
+                            .unwrap_or_default()
+                    );
+                }
+                rows.extend(r);
+            }
+            Err(e) => {
+                eprintln!("{scenario} failed: {e:#}");
+                let mut row = Row::new(scenario);
+                row.errors = 1;
+                row.notes = format!("failed: {e}");
+                rows.push(row);
+            }
+        }
+    }
+    println!("\nMachine: {}\n", machine());
+    println!("{}", stats::table(&rows, cores()));
+    Ok(())
+}
