@@ -33,6 +33,9 @@ enum Command {
     Migrate,
     /// Mint a development token signed with JWT_SECRET.
     Token(TokenArgs),
+    /// Exit 0 when the server on COLLOQUY_LISTEN's port answers /healthz (container
+    /// health checks without curl).
+    Healthcheck,
 }
 
 #[derive(Args)]
@@ -58,6 +61,16 @@ enum KindArg {
     User,
     Agent,
     Service,
+}
+
+/// Every environment variable the binary reads (for checking deployment files).
+pub fn known_env_vars() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
 }
 
 pub fn main() -> ExitCode {
@@ -99,6 +112,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("running migrations")?;
             println!("migrations applied");
+            Ok(())
+        }
+        Command::Healthcheck => {
+            let url = format!("http://127.0.0.1:{}/healthz", cli.config.listen.port());
+            let response = reqwest::Client::new()
+                .get(&url)
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await
+                .with_context(|| format!("{url} unreachable"))?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url} answered {}",
+                response.status()
+            );
             Ok(())
         }
         Command::Token(args) => {

@@ -154,10 +154,13 @@ impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::RowNotFound => Self::NotFound("resource"),
+            // The database (or the path to it) is down or misbehaving: the caller may retry.
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => Self::Unavailable(e.into()),
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(e.into()),
             sqlx::Error::Database(db) => {
                 // Connection-level failures (admin shutdown, too many connections, …).
                 let class = db.code().map(|c| c.chars().take(2).collect::<String>());

@@ -205,7 +205,7 @@ pub async fn history(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let pick = |r: &mut Rng| ids[r.below(ids.len() as u64) as usize].clone();
 
     let max_offset = (msgs - 50).clamp(0, 10_000) as u64;
-    let mut row = measure(ctx, "history: page at offset ≤ 10,000", n, 4, |r| {
+    let mut row = measure(ctx, "history: page at offset ≤ 10,000", n, 1, |r| {
         format!(
             "/messages/conversations/{}?limit=50&offset={}",
             pick(r),
@@ -216,7 +216,7 @@ pub async fn history(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     row.notes = format!("{total} messages in DB; {}", row.notes);
     rows.push(row);
     rows.push(
-        measure(ctx, "history: cursor page (before_seq)", n, 4, |r| {
+        measure(ctx, "history: cursor page (before_seq)", n, 1, |r| {
             format!(
                 "/messages/conversations/{}?limit=50&before_seq={}",
                 pick(r),
@@ -226,7 +226,7 @@ pub async fn history(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         .await,
     );
     rows.push(
-        measure(ctx, "conversation list (limit 50)", n, 4, |_| {
+        measure(ctx, "conversation list (limit 50)", n, 1, |_| {
             "/conversations?limit=50".into()
         })
         .await,

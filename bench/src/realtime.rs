@@ -193,7 +193,23 @@ pub async fn fanout(ctx: &Ctx) -> anyhow::Result<Row> {
     let run = &ctx.run;
     let sender = format!("{run}-fsender");
     let names: Vec<String> = (0..n).map(|i| format!("{run}-f{i}")).collect();
-    let c = ctx.conversation(&sender, &names).await?;
+    // Create with as many members as one request may name, then add the rest.
+    let first = names.len().min(400);
+    let c = ctx.conversation(&sender, &names[..first]).await?;
+    let added: Vec<anyhow::Result<serde_json::Value>> = stream::iter(names[first..].iter())
+        .map(|name| {
+            let (sender, path) = (&sender, format!("/conversations/{c}/participants"));
+            async move {
+                ctx.post(sender, &path, json!({"participant_id": name}))
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for a in added {
+        a?;
+    }
     let delivery = Arc::new(Mutex::new(Latency::default()));
     let received = Arc::new(AtomicU64::new(0));
     let listeners: Vec<anyhow::Result<Client>> = stream::iter(names.iter().cloned())

@@ -64,15 +64,26 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
 
 /// Starts a server on an existing database (two servers may share one).
 pub async fn spawn_on(database_url: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
+    start(database_url, configure, true).await
+}
+
+/// Starts a server without waiting for its database (which may be down).
+pub async fn spawn_unready(database_url: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
+    start(database_url, configure, false).await
+}
+
+async fn start(database_url: &str, configure: impl FnOnce(&mut Config), wait: bool) -> TestApp {
     init_logs();
     let mut config = Config::with_database(database_url, SECRET);
     config.database_max_connections = 10;
     configure(&mut config);
     let server = Server::build(config).await.expect("build server");
-    server
-        .wait_ready(Duration::from_secs(30))
-        .await
-        .expect("migrations");
+    if wait {
+        server
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .expect("migrations");
+    }
     let addr = server.local_addr();
     let db = server.state().db.clone();
     let shutdown = server.state().shutdown.clone();
