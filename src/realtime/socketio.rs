@@ -81,10 +81,12 @@ async fn authenticate(
         Some(token) => {
             let principal = state.verifier.verify(token.trim())?;
             socket.extensions.insert(principal);
+            register(&socket);
             Ok(())
         }
         None if state.config.socket_allow_anonymous => {
             socket.extensions.insert(Anonymous);
+            register(&socket);
             Ok(())
         }
         None => Err(AppError::Unauthorized(
@@ -110,18 +112,14 @@ macro_rules! on_event {
     };
 }
 
-async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
+/// Registers the socket's event handlers. This runs in the connect middleware, which
+/// socketioxide awaits before it sends the CONNECT packet: the connect handler itself is
+/// spawned after that packet, so a client emitting in its `connect` callback (as browser
+/// widgets do) could otherwise reach a socket with no handlers yet and lose the event.
+fn register(socket: &SocketRef) {
     socket.join(socket_room(&socket.id.to_string()));
     crate::metrics::connection_opened("socketio");
     socket.on_disconnect(async |_: SocketRef| crate::metrics::connection_closed("socketio"));
-
-    // Agents are joined to every conversation they are in, so they hear users at once.
-    if let Some(p) = socket.extensions.get::<Principal>()
-        && p.kind == PrincipalKind::Agent
-        && let Err(e) = join_all(&state, &socket, &p).await
-    {
-        tracing::warn!(error = %e, "auto-join for agent failed");
-    }
 
     on_event!(socket, "join", join);
     on_event!(socket, "leave", leave);
@@ -148,6 +146,16 @@ async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
     on_event!(socket, "typing", typing);
     on_event!(socket, "mark_read", mark_read);
     on_event!(socket, "complete", complete);
+}
+
+async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
+    // Agents are joined to every conversation they are in, so they hear users at once.
+    if let Some(p) = socket.extensions.get::<Principal>()
+        && p.kind == PrincipalKind::Agent
+        && let Err(e) = join_all(&state, &socket, &p).await
+    {
+        tracing::warn!(error = %e, "auto-join for agent failed");
+    }
 }
 
 /// Whether the client asked for an ack, with the ack sender itself.

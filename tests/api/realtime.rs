@@ -649,3 +649,28 @@ async fn shutdown_closes_sockets_cleanly_and_stops_the_server() {
         .unwrap();
     assert_eq!(n, 1, "the acknowledged message is stored");
 }
+
+/// Clients emit from their `connect` callback: the handlers must already be there.
+/// (Multi-threaded like production, where socketioxide's spawned connect handler can run
+/// after the client's first event; the race is timing-dependent, so this guards rather than
+/// proves. `scripts/bench` hit it in most runs before handlers moved into the middleware.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sent_right_after_connect_is_never_lost() {
+    let app = spawn_app().await;
+    let c = app.conversation("alice", &[]).await;
+    let attempts: Vec<_> = (0..100)
+        .map(|_| {
+            let (app, c) = (&app, c.clone());
+            async move {
+                let mut s = Sio::connect(app, Some(&token("alice")))
+                    .await
+                    .expect("connect");
+                let ack = s.call("join", json!({"conversation_id": c})).await;
+                s.close().await;
+                ack["success"] == true
+            }
+        })
+        .collect();
+    let joined = futures::future::join_all(attempts).await;
+    assert!(joined.iter().all(|ok| *ok), "{joined:?}");
+}
