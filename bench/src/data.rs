@@ -369,5 +369,9 @@ pub async fn limit(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         .bind(conversation)
         .execute(&db)
         .await?;
+    // Leave the table as later scenarios (or the next run) expect it.
+    sqlx::query("VACUUM (ANALYZE) messages")
+        .execute(&db)
+        .await?;
     Ok(rows)
 }

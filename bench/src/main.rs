@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Comma list of: steady, fanout, idle, history, limit.
-    #[arg(long, default_value = "limit,steady,fanout,idle,history")]
+    #[arg(long, default_value = "steady,fanout,idle,history,limit")]
     pub scenarios: String,
     /// Measured time of each timed scenario.
     #[arg(long, default_value = "15s", value_parser = humantime_secs)]

@@ -26,6 +26,8 @@ pub struct Access {
     pub archived: bool,
     pub is_participant: bool,
     pub level: Level,
+    /// The conversation's `last_seq` when access was checked.
+    pub last_seq: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -33,6 +35,7 @@ struct Row {
     id: Uuid,
     platform_conversation_id: String,
     archived: bool,
+    last_seq: i64,
     role: Option<String>,
     agent_owned: bool,
 }
@@ -50,6 +53,7 @@ impl Access {
             SELECT c.id,
                    c.platform_conversation_id,
                    c.archived_at IS NOT NULL AS archived,
+                   c.last_seq,
                    p.role,
                    EXISTS (
                        SELECT 1
@@ -84,6 +88,7 @@ impl Access {
             archived: row.archived,
             is_participant: row.role.is_some(),
             level,
+            last_seq: row.last_seq,
         })
     }
 

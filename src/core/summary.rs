@@ -71,10 +71,7 @@ fn provider_name(p: SummaryProvider) -> &'static str {
 pub async fn summary(state: &AppState, principal: &Principal, id: Uuid) -> AppResult<Summary> {
     let access = Access::load(&state.db, principal, id).await?;
     let provider = provider_name(state.config.summary_provider);
-    let (last_seq,): (i64,) = sqlx::query_as("SELECT last_seq FROM conversations WHERE id = $1")
-        .bind(access.conversation_id)
-        .fetch_one(&state.db)
-        .await?;
+    let last_seq = access.last_seq;
     let cached: Option<Cached> = sqlx::query_as(
         "SELECT covered_through_seq, method, body, generated_at
          FROM conversation_summaries WHERE conversation_id = $1 AND provider = $2",
