@@ -146,24 +146,24 @@ async fn a_postgres_outage_is_503_and_recovers_without_losing_acknowledged_messa
     }
 
     relay.down();
-    let (s, body) = app
-        .post(
-            &api(&format!("/messages/conversations/{c}")),
-            &token("alice"),
+    // The same two sends are made during the outage and retried after it.
+    let (path, alice) = (api(&format!("/messages/conversations/{c}")), token("alice"));
+    let rest_send = || {
+        app.post(
+            &path,
+            &alice,
             json!({"text": "during", "client_message_id": "outage-1"}),
         )
-        .await;
+    };
+    let socket_send =
+        json!({"conversation_id": c, "message": "socket during", "messageId": "outage-2"});
+    let (s, body) = rest_send().await;
     assert_eq!(
         (s, body["code"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("UNAVAILABLE")),
         "{body}"
     );
-    let ack = sio
-        .call(
-            "chat_message",
-            json!({"conversation_id": c, "message": "socket during", "messageId": "outage-2"}),
-        )
-        .await;
+    let ack = sio.call("chat_message", socket_send.clone()).await;
     assert_eq!(
         (ack["success"].clone(), ack["code"].clone()),
         (json!(false), json!("UNAVAILABLE")),
@@ -181,13 +181,7 @@ async fn a_postgres_outage_is_503_and_recovers_without_losing_acknowledged_messa
     // The client retries with the same ids: stored once, and the socket still works.
     let retry = async {
         for _ in 0..50 {
-            let (s, body) = app
-                .post(
-                    &api(&format!("/messages/conversations/{c}")),
-                    &token("alice"),
-                    json!({"text": "during", "client_message_id": "outage-1"}),
-                )
-                .await;
+            let (s, body) = rest_send().await;
             if s.is_success() {
                 return body["data"]["id"].clone();
             }
@@ -196,12 +190,7 @@ async fn a_postgres_outage_is_503_and_recovers_without_losing_acknowledged_messa
         panic!("REST never recovered");
     };
     acked.push(retry.await);
-    let ack = sio
-        .call(
-            "chat_message",
-            json!({"conversation_id": c, "message": "socket during", "messageId": "outage-2"}),
-        )
-        .await;
+    let ack = sio.call("chat_message", socket_send.clone()).await;
     assert_eq!(ack["success"], true, "{ack}");
     acked.push(ack["data"]["id"].clone());
 
