@@ -73,3 +73,8 @@ pub fn pool(in_use: u32, idle: u32) {
 pub fn summary_fallback() {
     counter!("colloquy_summary_fallbacks_total").increment(1);
 }
+
+/// Sends stored by one group-commit statement.
+pub fn write_batch(size: usize) {
+    histogram!("colloquy_write_batch_size").record(size as f64);
+}

@@ -132,7 +132,9 @@ impl Server {
             )?),
             crate::config::SummaryProvider::Extractive => None,
         };
+        let (writer, writers) = crate::core::writer::Writer::spawn(db.clone());
         let state = AppState {
+            writer,
             summariser,
             db: db.clone(),
             limiter: Arc::new(RateLimiter::per_minute(config.rate_limit_per_minute)),
@@ -142,11 +144,12 @@ impl Server {
             shutdown: CancellationToken::new(),
             ready: Arc::new(AtomicBool::new(false)),
         };
-        let mut background = vec![tokio::spawn(migrate_with_retry(
+        let mut background = writers;
+        background.push(tokio::spawn(migrate_with_retry(
             db,
             state.ready.clone(),
             state.shutdown.clone(),
-        ))];
+        )));
         let limiter = state.limiter.clone();
         let shutdown = state.shutdown.clone();
         background.push(tokio::spawn(async move {

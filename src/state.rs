@@ -21,6 +21,8 @@ pub struct AppState {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// The OpenAI-compatible summary provider, when `SUMMARY_PROVIDER=openai`.
     pub summariser: Option<crate::summarize::openai::Client>,
+    /// Group commit for message sends.
+    pub writer: crate::core::writer::Writer,
 }
 
 impl AppState {

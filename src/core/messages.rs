@@ -12,6 +12,7 @@ use super::{
     access::Access,
     events::{Event, EventKind, Origin},
     validate,
+    writer::{Draft, SentRow},
 };
 use crate::{
     auth::Principal,
@@ -81,7 +82,7 @@ pub struct Message {
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct Row {
-    id: Uuid,
+    pub(crate) id: Uuid,
     conversation_id: Uuid,
     seq: i64,
     sender_id: String,
@@ -316,56 +317,24 @@ pub async fn send(
     let attachments = serde_json::to_value(&input.attachments).map_err(anyhow::Error::from)?;
     // The write check rides in the statement (the caller is a participant, or privileged);
     // only when nothing was written does `Access::load` run, to say why.
-    let inserted: Result<Option<SentRow>, sqlx::Error> = sqlx::query_as(
-        r#"
-        WITH c AS (
-            UPDATE conversations
-            SET last_seq = last_seq + 1, message_count = message_count + 1,
-                last_message_at = now(), updated_at = now()
-            WHERE id = $1 AND archived_at IS NULL
-              AND ($13 OR EXISTS (SELECT 1 FROM participants
-                                  WHERE conversation_id = $1 AND participant_id = $12))
-            RETURNING id, last_seq, platform, platform_conversation_id
-        ), m AS (
-            INSERT INTO messages
-                (id, conversation_id, seq, sender_id, sender_name, sender_type, text,
-                 client_message_id, platform_context, attachments, metadata, thread_id)
-            SELECT $2, c.id, c.last_seq, $3, $4, $5, $6, $7,
-                   $8::jsonb || jsonb_build_object('platform', c.platform,
-                       'room_id', c.platform_conversation_id,
-                       'channel_id', c.platform_conversation_id),
-                   $9, $10, $11
-            FROM c
-            RETURNING *
-        ), p AS (
-            INSERT INTO participants
-                (conversation_id, participant_id, participant_type, display_name, last_read_seq)
-            SELECT m.conversation_id, m.sender_id, m.sender_type, m.sender_name, m.seq FROM m
-            ON CONFLICT (conversation_id, participant_id)
-            DO UPDATE SET last_read_seq = greatest(participants.last_read_seq, excluded.last_read_seq)
-        )
-        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.sender_name, m.sender_type, m.text,
-               m.client_message_id, m.platform_context, m.attachments, m.metadata, m.thread_id,
-               m.reactions, m.edit_history, m.created_at, m.updated_at, m.deleted_at,
-               NULL::bigint AS read_horizon, c.platform_conversation_id AS room
-        FROM m, c
-        "#,
-    )
-    .bind(conversation_id)
-    .bind(Uuid::now_v7())
-    .bind(&sender.id)
-    .bind(&sender.name)
-    .bind(&sender.kind)
-    .bind(&input.text)
-    .bind(&input.client_message_id)
-    .bind(&platform_context)
-    .bind(&attachments)
-    .bind(&metadata)
-    .bind(&input.thread_id)
-    .bind(&principal.id)
-    .bind(principal.is_privileged())
-    .fetch_optional(&state.db)
-    .await;
+    let inserted = state
+        .writer
+        .write(Draft {
+            conversation_id,
+            id: Uuid::now_v7(),
+            sender_id: sender.id.clone(),
+            sender_name: sender.name.clone(),
+            sender_type: sender.kind.clone(),
+            text: input.text.clone(),
+            client_message_id: input.client_message_id.clone(),
+            platform_context,
+            attachments,
+            metadata,
+            thread_id: input.thread_id.clone(),
+            principal_id: principal.id.clone(),
+            privileged: principal.is_privileged(),
+        })
+        .await;
 
     let SentRow { row, room } = match inserted {
         Ok(Some(row)) => row,
@@ -398,13 +367,6 @@ pub async fn send(
         message,
         created: true,
     })
-}
-
-#[derive(sqlx::FromRow)]
-struct SentRow {
-    #[sqlx(flatten)]
-    row: Row,
-    room: String,
 }
 
 async fn find_by_client_id(

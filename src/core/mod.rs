@@ -13,6 +13,7 @@ pub mod reactions;
 pub mod reads;
 pub mod summary;
 pub mod validate;
+pub mod writer;
 
 use serde::Serialize;
 use utoipa::ToSchema;

@@ -79,3 +79,124 @@ async fn concurrent_retries_of_one_client_id_store_one_message() {
     let next = app.send("alice", &c, "next").await;
     assert_eq!(next["seq"], 2, "no seq was burned by the duplicates");
 }
+
+/// Sends that arrive together are stored together (group commit); each still gets the
+/// answer it would get alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_burst_is_answered_as_if_each_send_were_alone() {
+    let app = spawn_app().await;
+    let open = app.conversation("alice", &["bob"]).await;
+    let other = app.conversation("carol", &["dave"]).await;
+    let archived = app.conversation("alice", &[]).await;
+    let (s, _) = app
+        .post(
+            &api(&format!("/conversations/{archived}/archive")),
+            &token("alice"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // (who, conversation, client id, expected status)
+    let mut plan: Vec<(String, String, String, StatusCode)> = Vec::new();
+    for i in 0..40 {
+        let (who, conv) = match i % 4 {
+            0 | 1 => (if i % 8 == 0 { "alice" } else { "bob" }, &open),
+            2 => ("dave", &other),
+            _ => ("carol", &other),
+        };
+        plan.push((
+            who.into(),
+            conv.clone(),
+            format!("burst-{i}"),
+            StatusCode::CREATED,
+        ));
+    }
+    for i in 0..5 {
+        // The same client id twice in one burst: one 201, one 200, one message.
+        plan.push((
+            "bob".into(),
+            open.clone(),
+            format!("twice-{i}"),
+            StatusCode::CREATED,
+        ));
+        plan.push((
+            "bob".into(),
+            open.clone(),
+            format!("twice-{i}"),
+            StatusCode::OK,
+        ));
+        plan.push((
+            "mallory".into(),
+            open.clone(),
+            format!("stranger-{i}"),
+            StatusCode::NOT_FOUND,
+        ));
+        plan.push((
+            "alice".into(),
+            archived.clone(),
+            format!("archived-{i}"),
+            StatusCode::CONFLICT,
+        ));
+    }
+    let results = join_all(plan.iter().map(|(who, conv, cid, _)| {
+        let app = &app;
+        async move {
+            app.post(
+                &api(&format!("/messages/conversations/{conv}")),
+                &token(who),
+                json!({"text": format!("{who} says {cid}"), "client_message_id": cid}),
+            )
+            .await
+        }
+    }))
+    .await;
+    let mut twice: std::collections::HashMap<&str, Vec<(StatusCode, serde_json::Value)>> =
+        std::collections::HashMap::new();
+    for ((_, _, cid, expected), (status, body)) in plan.iter().zip(&results) {
+        if cid.starts_with("twice-") {
+            twice
+                .entry(cid)
+                .or_default()
+                .push((*status, body["data"]["id"].clone()));
+        } else {
+            assert_eq!(status, expected, "{cid}: {body}");
+        }
+    }
+    for (cid, answers) in twice {
+        let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| s.as_u16()).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, vec![200, 201], "{cid}");
+        assert_eq!(answers[0].1, answers[1].1, "{cid}: one message");
+    }
+    // Some sends really were stored together.
+    let (_, metrics) = app
+        .request(reqwest::Method::GET, "/metrics", None, None)
+        .await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let figure = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        figure("colloquy_write_batch_size_sum") > figure("colloquy_write_batch_size_count"),
+        "no batch stored more than one send:\n{metrics}"
+    );
+    for (conv, expected) in [(&open, 25i64), (&other, 20), (&archived, 0)] {
+        let (n, max, last): (i64, Option<i64>, i64) = sqlx::query_as(
+            "SELECT count(*), max(seq), (SELECT last_seq FROM conversations WHERE id = $1::uuid)
+             FROM messages WHERE conversation_id = $1::uuid",
+        )
+        .bind(conv)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        assert_eq!(
+            (n, max.unwrap_or(0), last),
+            (expected, expected, expected),
+            "{conv}"
+        );
+    }
+}

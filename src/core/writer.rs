@@ -1,0 +1,284 @@
+//! Group commit for sends.
+//!
+//! Every send becomes a [`Draft`] queued to a few writer tasks. A writer takes whatever
+//! has queued up (up to [`MAX_BATCH`]) and stores it with **one statement**: the drafts'
+//! conversations are locked in id order, each gets `last_seq + n`, every row is inserted
+//! and each sender's read horizon moves. The statement commits or fails as a whole, and
+//! each caller hears back only after that commit. Under no load a batch is one draft, so
+//! nothing waits for company.
+//!
+//! Anything the batch statement does not store — a draft whose sender may not write, an
+//! archived conversation, a repeated `client_message_id`, or any error — is sent again on
+//! its own with the one-message statement, whose answer (row, nothing, or the unique
+//! violation) the caller turns into the usual result. So batching changes throughput,
+//! never outcomes.
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::messages::Row;
+
+/// Drafts stored by one statement at most.
+pub const MAX_BATCH: usize = 128;
+/// Writer tasks (each holds at most one pooled connection at a time).
+pub const WRITERS: usize = 4;
+
+/// One message to store, with what its write check needs.
+#[derive(Debug)]
+pub struct Draft {
+    pub conversation_id: Uuid,
+    pub id: Uuid,
+    pub sender_id: String,
+    pub sender_name: Option<String>,
+    pub sender_type: String,
+    pub text: String,
+    pub client_message_id: Option<String>,
+    pub platform_context: Value,
+    pub attachments: Value,
+    pub metadata: Value,
+    pub thread_id: Option<String>,
+    /// The caller: must be a participant unless `privileged`.
+    pub principal_id: String,
+    pub privileged: bool,
+}
+
+/// A stored message and its conversation's room.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SentRow {
+    #[sqlx(flatten)]
+    pub(crate) row: Row,
+    pub(crate) room: String,
+}
+
+pub(crate) type WriteResult = Result<Option<SentRow>, sqlx::Error>;
+
+struct Job {
+    draft: Draft,
+    reply: oneshot::Sender<WriteResult>,
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer tasks on `db`.
+    pub fn spawn(db: PgPool) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        let (queue, rx) = mpsc::channel::<Job>(MAX_BATCH * WRITERS * 4);
+        let rx = Arc::new(Mutex::new(rx));
+        let tasks = (0..WRITERS)
+            .map(|_| tokio::spawn(run(db.clone(), rx.clone())))
+            .collect();
+        (Self { queue }, tasks)
+    }
+
+    /// Stores `draft`; answers after the commit. `Ok(None)`: nothing was written (the
+    /// sender may not write, or the conversation is archived or gone).
+    pub(crate) async fn write(&self, draft: Draft) -> WriteResult {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { draft, reply })
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        // A writer that stopped mid-batch (shutdown) never answers: not acknowledged, and
+        // a retry with the same client id is safe either way.
+        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+}
+
+async fn run(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+                return;
+            }
+        }
+        crate::metrics::write_batch(jobs.len());
+        if jobs.len() == 1 {
+            if let Some(job) = jobs.pop() {
+                let result = insert_one(&db, &job.draft).await;
+                let _ = job.reply.send(result);
+            }
+            continue;
+        }
+        let drafts: Vec<&Draft> = jobs.iter().map(|j| &j.draft).collect();
+        match insert_batch(&db, &drafts).await {
+            Ok(rows) => {
+                let mut stored: HashMap<Uuid, SentRow> =
+                    rows.into_iter().map(|r| (r.row.id, r)).collect();
+                for job in jobs.drain(..) {
+                    match stored.remove(&job.draft.id) {
+                        Some(row) => {
+                            let _ = job.reply.send(Ok(Some(row)));
+                        }
+                        None => {
+                            let result = insert_one(&db, &job.draft).await;
+                            let _ = job.reply.send(result);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, batch = jobs.len(), "batch not stored; sending one by one");
+                for job in jobs.drain(..) {
+                    let result = insert_one(&db, &job.draft).await;
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// The one-message statement: takes the next `seq` (row-locking the conversation),
+/// inserts the message and moves the sender's read horizon, as a whole or not at all.
+pub(crate) async fn insert_one(db: &PgPool, d: &Draft) -> WriteResult {
+    sqlx::query_as(
+        r#"
+        WITH c AS (
+            UPDATE conversations
+            SET last_seq = last_seq + 1, message_count = message_count + 1,
+                last_message_at = now(), updated_at = now()
+            WHERE id = $1 AND archived_at IS NULL
+              AND ($13 OR EXISTS (SELECT 1 FROM participants
+                                  WHERE conversation_id = $1 AND participant_id = $12))
+            RETURNING id, last_seq, platform, platform_conversation_id
+        ), m AS (
+            INSERT INTO messages
+                (id, conversation_id, seq, sender_id, sender_name, sender_type, text,
+                 client_message_id, platform_context, attachments, metadata, thread_id)
+            SELECT $2, c.id, c.last_seq, $3, $4, $5, $6, $7,
+                   $8::jsonb || jsonb_build_object('platform', c.platform,
+                       'room_id', c.platform_conversation_id,
+                       'channel_id', c.platform_conversation_id),
+                   $9, $10, $11
+            FROM c
+            RETURNING *
+        ), p AS (
+            INSERT INTO participants
+                (conversation_id, participant_id, participant_type, display_name, last_read_seq)
+            SELECT m.conversation_id, m.sender_id, m.sender_type, m.sender_name, m.seq FROM m
+            ON CONFLICT (conversation_id, participant_id)
+            DO UPDATE SET last_read_seq = greatest(participants.last_read_seq, excluded.last_read_seq)
+        )
+        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.sender_name, m.sender_type, m.text,
+               m.client_message_id, m.platform_context, m.attachments, m.metadata, m.thread_id,
+               m.reactions, m.edit_history, m.created_at, m.updated_at, m.deleted_at,
+               NULL::bigint AS read_horizon, c.platform_conversation_id AS room
+        FROM m, c
+        "#,
+    )
+    .bind(d.conversation_id)
+    .bind(d.id)
+    .bind(&d.sender_id)
+    .bind(&d.sender_name)
+    .bind(&d.sender_type)
+    .bind(&d.text)
+    .bind(&d.client_message_id)
+    .bind(&d.platform_context)
+    .bind(&d.attachments)
+    .bind(&d.metadata)
+    .bind(&d.thread_id)
+    .bind(&d.principal_id)
+    .bind(d.privileged)
+    .fetch_optional(db)
+    .await
+}
+
+/// Many drafts in one transaction: the conversations are locked in id order (so
+/// concurrent batches, here or in other processes, cannot deadlock), then one statement
+/// stores them: each draft allowed to write
+/// gets the next `seq` of its conversation in queue order, and each sender's read horizon
+/// moves to their last message. Drafts not allowed, or in archived conversations, are
+/// simply not returned.
+async fn insert_batch(db: &PgPool, drafts: &[&Draft]) -> Result<Vec<SentRow>, sqlx::Error> {
+    macro_rules! column {
+        ($field:ident) => {
+            drafts.iter().map(|d| d.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    let mut tx = db.begin().await?;
+    // Lock order is id order, whatever order the statement below updates in.
+    sqlx::query("SELECT 1 FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(column!(conversation_id))
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query_as(
+        r#"
+        WITH input AS (
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::jsonb[],
+                                 $11::text[], $12::text[], $13::bool[])
+                WITH ORDINALITY AS t(conv, id, sender_id, sender_name, sender_type, body,
+                                     client_id, platform_context, attachments, metadata,
+                                     thread_id, principal_id, privileged, ord)
+        ), allowed AS (
+            SELECT i.* FROM input i
+            WHERE i.privileged OR EXISTS (SELECT 1 FROM participants p
+                                          WHERE p.conversation_id = i.conv
+                                            AND p.participant_id = i.principal_id)
+        ), counts AS (
+            SELECT conv, count(*) AS n FROM allowed GROUP BY conv
+        ), c AS (
+            UPDATE conversations
+            SET last_seq = last_seq + counts.n, message_count = message_count + counts.n,
+                last_message_at = now(), updated_at = now()
+            FROM counts
+            WHERE conversations.id = counts.conv AND conversations.archived_at IS NULL
+            RETURNING conversations.id, conversations.last_seq - counts.n AS base,
+                      conversations.platform, conversations.platform_conversation_id AS room
+        ), numbered AS (
+            SELECT a.*, c.base + row_number() OVER (PARTITION BY a.conv ORDER BY a.ord) AS seq,
+                   c.platform, c.room
+            FROM allowed a JOIN c ON c.id = a.conv
+        ), m AS (
+            INSERT INTO messages
+                (id, conversation_id, seq, sender_id, sender_name, sender_type, text,
+                 client_message_id, platform_context, attachments, metadata, thread_id)
+            SELECT id, conv, seq, sender_id, sender_name, sender_type, body, client_id,
+                   platform_context || jsonb_build_object('platform', platform,
+                       'room_id', room, 'channel_id', room),
+                   attachments, metadata, thread_id
+            FROM numbered
+            ORDER BY conv, seq
+            RETURNING *
+        ), p AS (
+            INSERT INTO participants
+                (conversation_id, participant_id, participant_type, display_name, last_read_seq)
+            SELECT DISTINCT ON (conv, sender_id) conv, sender_id, sender_type, sender_name, seq
+            FROM numbered
+            ORDER BY conv, sender_id, seq DESC
+            ON CONFLICT (conversation_id, participant_id)
+            DO UPDATE SET last_read_seq = greatest(participants.last_read_seq, excluded.last_read_seq)
+        )
+        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.sender_name, m.sender_type, m.text,
+               m.client_message_id, m.platform_context, m.attachments, m.metadata, m.thread_id,
+               m.reactions, m.edit_history, m.created_at, m.updated_at, m.deleted_at,
+               NULL::bigint AS read_horizon, numbered.room
+        FROM m JOIN numbered ON numbered.id = m.id
+        "#,
+    )
+    .bind(column!(conversation_id))
+    .bind(column!(id))
+    .bind(column!(sender_id))
+    .bind(column!(sender_name))
+    .bind(column!(sender_type))
+    .bind(column!(text))
+    .bind(column!(client_message_id))
+    .bind(column!(platform_context))
+    .bind(column!(attachments))
+    .bind(column!(metadata))
+    .bind(column!(thread_id))
+    .bind(column!(principal_id))
+    .bind(column!(privileged))
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
