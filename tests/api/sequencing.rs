@@ -200,3 +200,58 @@ async fn a_mixed_burst_is_answered_as_if_each_send_were_alone() {
         );
     }
 }
+
+/// Two processes batching sends to the same conversations at once: each batch locks its
+/// conversations in id order, so they queue rather than deadlock, and `seq` stays gapless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_batching_into_the_same_conversations_keep_seq_gapless() {
+    let a = spawn_app().await;
+    let b = crate::helpers::spawn_on(&a.database_url, |_| {}).await;
+    let members: Vec<String> = (0..10).map(|i| format!("member{i}")).collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    let conversations = [
+        a.conversation("alice", &refs).await,
+        a.conversation("alice", &refs).await,
+        a.conversation("alice", &refs).await,
+    ];
+    let sends = (0..120).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let conv = &conversations[i % 3];
+        let who = &members[i % members.len()];
+        async move {
+            let started = std::time::Instant::now();
+            let (s, body) = app
+                .post(
+                    &api(&format!("/messages/conversations/{conv}")),
+                    &token(who),
+                    json!({"text": format!("m{i}"), "client_message_id": format!("x-{i}")}),
+                )
+                .await;
+            (s, body, started.elapsed())
+        }
+    });
+    let results = join_all(sends).await;
+    for (s, body, _) in &results {
+        assert_eq!(*s, StatusCode::CREATED, "{body}");
+    }
+    // Postgres counts deadlocks per database (this test's own); statistics may lag, so
+    // this can miss one but never invents one.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (deadlocks,): (i64,) =
+        sqlx::query_as("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            .fetch_one(&a.db)
+            .await
+            .unwrap();
+    assert_eq!(deadlocks, 0, "batches deadlocked");
+    for conv in &conversations {
+        let seqs: Vec<(i64,)> = sqlx::query_as(
+            "SELECT seq FROM messages WHERE conversation_id = $1::uuid ORDER BY seq",
+        )
+        .bind(conv)
+        .fetch_all(&a.db)
+        .await
+        .unwrap();
+        let seqs: Vec<i64> = seqs.into_iter().map(|(s,)| s).collect();
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "{conv}");
+    }
+}
