@@ -87,6 +87,18 @@ fn mean(total: Option<f64>, count: i64) -> Option<f64> {
     }
 }
 
+/// The messages an analytics query covers: `$1` conversation, `$2`/`$3` the date range.
+macro_rules! in_range {
+    () => {
+        r#"
+        FROM messages
+        WHERE conversation_id = $1 AND deleted_at IS NULL
+          AND ($2::timestamptz IS NULL OR created_at >= $2)
+          AND ($3::timestamptz IS NULL OR created_at <= $3)
+        "#
+    };
+}
+
 pub async fn analytics(
     state: &AppState,
     principal: &Principal,
@@ -105,16 +117,15 @@ pub async fn analytics(
     }
     let access = Access::load(&state.db, principal, id).await?;
 
-    let senders: Vec<SenderRow> = sqlx::query_as(
+    let senders: Vec<SenderRow> = sqlx::query_as(concat!(
         r#"
         WITH ranged AS (
             SELECT sender_id, created_at,
                    lag(sender_id) OVER (ORDER BY seq) AS previous_sender,
                    lag(created_at) OVER (ORDER BY seq) AS previous_at
-            FROM messages
-            WHERE conversation_id = $1 AND deleted_at IS NULL
-              AND ($2::timestamptz IS NULL OR created_at >= $2)
-              AND ($3::timestamptz IS NULL OR created_at <= $3)
+        "#,
+        in_range!(),
+        r#"
         )
         SELECT sender_id,
                count(*) AS message_count,
@@ -125,24 +136,19 @@ pub async fn analytics(
                    FILTER (WHERE previous_sender <> sender_id) AS response_ms_total
         FROM ranged
         GROUP BY sender_id
-        "#,
-    )
+        "#
+    ))
     .bind(access.conversation_id)
     .bind(q.start_date)
     .bind(q.end_date)
     .fetch_all(&state.db)
     .await?;
 
-    let counted: Vec<Bucket> = sqlx::query_as(
-        r#"
-        SELECT date_trunc($4, created_at, 'UTC') AS bucket_start, count(*) AS message_count
-        FROM messages
-        WHERE conversation_id = $1 AND deleted_at IS NULL
-          AND ($2::timestamptz IS NULL OR created_at >= $2)
-          AND ($3::timestamptz IS NULL OR created_at <= $3)
-        GROUP BY 1 ORDER BY 1
-        "#,
-    )
+    let counted: Vec<Bucket> = sqlx::query_as(concat!(
+        "SELECT date_trunc($4, created_at, 'UTC') AS bucket_start, count(*) AS message_count",
+        in_range!(),
+        "GROUP BY 1 ORDER BY 1"
+    ))
     .bind(access.conversation_id)
     .bind(q.start_date)
     .bind(q.end_date)

@@ -9,7 +9,7 @@
 //!
 //! Anything the batch statement does not store — a draft whose sender may not write, an
 //! archived conversation, a repeated `client_message_id`, or any error — is sent again on
-//! its own with the one-message statement, whose answer (row, nothing, or the unique
+//! its own (the same statement with one draft), whose answer (row, nothing, or the unique
 //! violation) the caller turns into the usual result. So batching changes throughput,
 //! never outcomes.
 
@@ -102,115 +102,62 @@ async fn run(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
             }
         }
         crate::metrics::write_batch(jobs.len());
-        if jobs.len() == 1 {
-            if let Some(job) = jobs.pop() {
-                let result = insert_one(&db, &job.draft).await;
-                let _ = job.reply.send(result);
+        let mut stored: HashMap<Uuid, SentRow> = HashMap::new();
+        if jobs.len() > 1 {
+            let drafts: Vec<&Draft> = jobs.iter().map(|j| &j.draft).collect();
+            match insert_batch(&db, &drafts).await {
+                Ok(rows) => stored.extend(rows.into_iter().map(|r| (r.row.id, r))),
+                Err(e) => {
+                    tracing::debug!(error = %e, batch = jobs.len(), "batch not stored; sending one by one");
+                }
             }
-            continue;
         }
-        let drafts: Vec<&Draft> = jobs.iter().map(|j| &j.draft).collect();
-        match insert_batch(&db, &drafts).await {
-            Ok(rows) => {
-                let mut stored: HashMap<Uuid, SentRow> =
-                    rows.into_iter().map(|r| (r.row.id, r)).collect();
-                for job in jobs.drain(..) {
-                    match stored.remove(&job.draft.id) {
-                        Some(row) => {
-                            let _ = job.reply.send(Ok(Some(row)));
-                        }
-                        None => {
-                            let result = insert_one(&db, &job.draft).await;
-                            let _ = job.reply.send(result);
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, batch = jobs.len(), "batch not stored; sending one by one");
-                for job in jobs.drain(..) {
-                    let result = insert_one(&db, &job.draft).await;
-                    let _ = job.reply.send(result);
-                }
-            }
+        // What the batch stored is answered; everything else is stored alone, whose
+        // answer (row, nothing, or the unique violation) is the caller's outcome.
+        for job in jobs.drain(..) {
+            let result = match stored.remove(&job.draft.id) {
+                Some(row) => Ok(Some(row)),
+                None => insert_one(&db, &job.draft).await,
+            };
+            let _ = job.reply.send(result);
         }
     }
 }
 
-/// The one-message statement: takes the next `seq` (row-locking the conversation),
-/// inserts the message and moves the sender's read horizon, as a whole or not at all.
-pub(crate) async fn insert_one(db: &PgPool, d: &Draft) -> WriteResult {
-    sqlx::query_as(
-        r#"
-        WITH c AS (
-            UPDATE conversations
-            SET last_seq = last_seq + 1, message_count = message_count + 1,
-                last_message_at = now(), updated_at = now()
-            WHERE id = $1 AND archived_at IS NULL
-              AND ($13 OR EXISTS (SELECT 1 FROM participants
-                                  WHERE conversation_id = $1 AND participant_id = $12))
-            RETURNING id, last_seq, platform, platform_conversation_id
-        ), m AS (
-            INSERT INTO messages
-                (id, conversation_id, seq, sender_id, sender_name, sender_type, text,
-                 client_message_id, platform_context, attachments, metadata, thread_id)
-            SELECT $2, c.id, c.last_seq, $3, $4, $5, $6, $7,
-                   $8::jsonb || jsonb_build_object('platform', c.platform,
-                       'room_id', c.platform_conversation_id,
-                       'channel_id', c.platform_conversation_id),
-                   $9, $10, $11
-            FROM c
-            RETURNING *
-        ), p AS (
-            INSERT INTO participants
-                (conversation_id, participant_id, participant_type, display_name, last_read_seq)
-            SELECT m.conversation_id, m.sender_id, m.sender_type, m.sender_name, m.seq FROM m
-            ON CONFLICT (conversation_id, participant_id)
-            DO UPDATE SET last_read_seq = greatest(participants.last_read_seq, excluded.last_read_seq)
-        )
-        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.sender_name, m.sender_type, m.text,
-               m.client_message_id, m.platform_context, m.attachments, m.metadata, m.thread_id,
-               m.reactions, m.edit_history, m.created_at, m.updated_at, m.deleted_at,
-               NULL::bigint AS read_horizon, c.platform_conversation_id AS room
-        FROM m, c
-        "#,
-    )
-    .bind(d.conversation_id)
-    .bind(d.id)
-    .bind(&d.sender_id)
-    .bind(&d.sender_name)
-    .bind(&d.sender_type)
-    .bind(&d.text)
-    .bind(&d.client_message_id)
-    .bind(&d.platform_context)
-    .bind(&d.attachments)
-    .bind(&d.metadata)
-    .bind(&d.thread_id)
-    .bind(&d.principal_id)
-    .bind(d.privileged)
-    .fetch_optional(db)
-    .await
+/// One draft alone, in its own transaction: a single row lock needs no ordering.
+async fn insert_one(db: &PgPool, d: &Draft) -> WriteResult {
+    Ok(store(db, &[d]).await?.pop())
 }
 
 /// Many drafts in one transaction: the conversations are locked in id order (so
-/// concurrent batches, here or in other processes, cannot deadlock), then one statement
-/// stores them: each draft allowed to write
-/// gets the next `seq` of its conversation in queue order, and each sender's read horizon
-/// moves to their last message. Drafts not allowed, or in archived conversations, are
-/// simply not returned.
+/// concurrent batches, here or in other processes, cannot deadlock), then [`store`]
+/// writes them. Drafts not allowed, or in archived conversations, are simply not returned.
 async fn insert_batch(db: &PgPool, drafts: &[&Draft]) -> Result<Vec<SentRow>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    // Lock order is id order, whatever order the statement below updates in.
+    sqlx::query("SELECT 1 FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(drafts.iter().map(|d| d.conversation_id).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    let rows = store(&mut *tx, drafts).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The one statement that stores drafts: keeps those whose caller may write, takes
+/// `last_seq + n` per (unarchived) conversation, numbers the drafts in queue order,
+/// inserts them and moves each sender's read horizon to their last message. It commits
+/// or fails as a whole, so `seq` never has a gap.
+async fn store<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    drafts: &[&Draft],
+) -> Result<Vec<SentRow>, sqlx::Error> {
     macro_rules! column {
         ($field:ident) => {
             drafts.iter().map(|d| d.$field.clone()).collect::<Vec<_>>()
         };
     }
-    let mut tx = db.begin().await?;
-    // Lock order is id order, whatever order the statement below updates in.
-    sqlx::query("SELECT 1 FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(column!(conversation_id))
-        .execute(&mut *tx)
-        .await?;
-    let rows = sqlx::query_as(
+    sqlx::query_as(
         r#"
         WITH input AS (
             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
@@ -278,8 +225,6 @@ async fn insert_batch(db: &PgPool, drafts: &[&Draft]) -> Result<Vec<SentRow>, sq
     .bind(column!(thread_id))
     .bind(column!(principal_id))
     .bind(column!(privileged))
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows)
+    .fetch_all(db)
+    .await
 }

@@ -70,7 +70,7 @@ async fn the_healthcheck_subcommand_reports_the_server_state() {
             .status()
             .expect("run colloquy healthcheck")
     };
-    let (port, _) = (app.addr.port(), ());
+    let port = app.addr.port();
     let ok = tokio::task::spawn_blocking(move || run(port))
         .await
         .expect("join");
