@@ -43,6 +43,8 @@ pub struct Principal {
     pub name: Option<String>,
     pub kind: PrincipalKind,
     pub admin: bool,
+    /// An agent token's signed `owner` claim: the principal that owns this agent.
+    pub owner: Option<String>,
 }
 
 impl Principal {
@@ -72,6 +74,11 @@ pub struct Claims {
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Agent tokens: the principal that owns the agent (contract §2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Verifies tokens with the configured key; built once at start-up.
@@ -99,6 +106,8 @@ impl Verifier {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
         validation.leeway = 30;
+        // `nbf` gets the same leeway as `exp` (contract §2).
+        validation.validate_nbf = true;
         validation.validate_aud = config.jwt_audience.is_some();
         if let Some(iss) = &config.jwt_issuer {
             validation.set_issuer(&[iss]);
@@ -120,6 +129,7 @@ impl Verifier {
         let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
             let why = match e.kind() {
                 ErrorKind::ExpiredSignature => "token has expired",
+                ErrorKind::ImmatureSignature => "token is not valid yet (nbf)",
                 ErrorKind::InvalidSignature => "token signature is invalid",
                 ErrorKind::InvalidAlgorithm => "token algorithm is not accepted",
                 ErrorKind::InvalidIssuer => "token issuer is not accepted",
@@ -130,15 +140,39 @@ impl Verifier {
             AppError::Unauthorized(why.into())
         })?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.chars().count() > MAX_PRINCIPAL_ID {
+        if claims.sub.trim().is_empty() || claims.sub.chars().count() > MAX_PRINCIPAL_ID {
             return Err(AppError::Unauthorized(
                 "token subject must be 1 to 128 characters".into(),
             ));
         }
+        if claims.sub.chars().any(char::is_control) {
+            return Err(AppError::Unauthorized(
+                "token subject must not contain control characters".into(),
+            ));
+        }
+        // Profile claims are stored and shown: the same rules as the fields they fill.
+        let name = claims
+            .name
+            .filter(|n| !n.chars().any(char::is_control) && n.chars().count() <= 200);
+        let owner = match claims.owner {
+            Some(o)
+                if o.trim().is_empty()
+                    || o.chars().count() > MAX_PRINCIPAL_ID
+                    || o.chars().any(char::is_control) =>
+            {
+                return Err(AppError::Unauthorized(
+                    "token owner must be 1 to 128 characters without control characters".into(),
+                ));
+            }
+            other => other,
+        };
+        let kind = claims.kind.unwrap_or_default();
         Ok(Principal {
             admin: claims.roles.iter().any(|r| r == "admin"),
-            kind: claims.kind.unwrap_or_default(),
-            name: claims.name,
+            kind,
+            name,
+            // Only an agent's own token speaks for who owns it.
+            owner: owner.filter(|_| kind == PrincipalKind::Agent),
             id: claims.sub,
         })
     }
@@ -179,6 +213,8 @@ pub struct TokenRequest<'a> {
     pub admin: bool,
     pub issuer: Option<&'a str>,
     pub audience: Option<&'a str>,
+    /// Agent tokens: who owns the agent.
+    pub owner: Option<&'a str>,
 }
 
 /// Mints an HS256 token; used by `colloquy token`, the tests and the benchmark.
@@ -197,6 +233,8 @@ pub fn mint(secret: &str, request: &TokenRequest<'_>) -> anyhow::Result<String> 
         },
         iss: request.issuer.map(str::to_owned),
         aud: request.audience.map(str::to_owned),
+        nbf: None,
+        owner: request.owner.map(str::to_owned),
     };
     Ok(encode(
         &Header::new(Algorithm::HS256),

@@ -54,6 +54,9 @@ struct TokenArgs {
     /// Add the `admin` role.
     #[arg(long)]
     admin: bool,
+    /// Agent tokens: the principal that owns the agent (a signed `owner` claim).
+    #[arg(long)]
+    owner: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -149,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     admin: args.admin,
                     issuer: cli.config.jwt_issuer.as_deref(),
                     audience: cli.config.jwt_audience.as_deref(),
+                    owner: args.owner.as_deref(),
                 },
             )?;
             println!("{token}");

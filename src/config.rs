@@ -158,6 +158,29 @@ impl Config {
     }
 
     /// The extra namespaces, normalised to start with `/`.
+    /// The explicit origin list, or `None` when any origin is allowed (`*` or empty).
+    pub fn allowed_origins(&self) -> Option<Vec<&str>> {
+        let origins = self.cors_allowed_origins.trim();
+        if origins == "*" || origins.is_empty() {
+            return None;
+        }
+        Some(
+            origins
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/'))
+                .filter(|o| !o.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Whether a browser `Origin` may call us.
+    pub fn origin_allowed(&self, origin: &[u8]) -> bool {
+        match self.allowed_origins() {
+            None => true,
+            Some(list) => list.iter().any(|o| o.as_bytes() == origin),
+        }
+    }
+
     pub fn extra_namespaces(&self) -> Vec<String> {
         self.socket_namespaces
             .split(',')

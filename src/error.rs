@@ -18,14 +18,19 @@ pub enum AppError {
         details: Option<Value>,
     },
     /// Well-formed JSON of the wrong shape (422).
-    #[error("{0}")]
-    Unprocessable(String),
+    #[error("{message}")]
+    Unprocessable {
+        message: String,
+        details: Option<Value>,
+    },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("this method is not allowed on this route")]
+    MethodNotAllowed,
     /// `code` is specific, e.g. `CONVERSATION_ARCHIVED`.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -65,10 +70,11 @@ impl AppError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             Self::Validation { .. } => StatusCode::BAD_REQUEST,
-            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -79,10 +85,11 @@ impl AppError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Validation { .. } | Self::Unprocessable(_) => "VALIDATION_ERROR",
+            Self::Validation { .. } | Self::Unprocessable { .. } => "VALIDATION_ERROR",
             Self::Unauthorized(_) => "UNAUTHORIZED",
             Self::Forbidden(_) => "FORBIDDEN",
             Self::NotFound(_) => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Conflict { code, .. } => code,
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::RateLimited { .. } => "RATE_LIMITED",
@@ -93,7 +100,9 @@ impl AppError {
 
     fn details(&self) -> Option<Value> {
         match self {
-            Self::Validation { details, .. } => details.clone(),
+            Self::Validation { details, .. } | Self::Unprocessable { details, .. } => {
+                details.clone()
+            }
             Self::RateLimited { retry_after_secs } => {
                 Some(json!({ "retry_after_secs": retry_after_secs }))
             }
@@ -166,6 +175,13 @@ impl From<sqlx::Error> for AppError {
                 let class = db.code().map(|c| c.chars().take(2).collect::<String>());
                 match class.as_deref() {
                     Some("08" | "53" | "57") => Self::Unavailable(e.into()),
+                    // Data exceptions (a value out of range, an untranslatable character):
+                    // the input is at fault. Validation refuses these before any query; this
+                    // is the net under it, logged so the missing check gets written.
+                    Some("22") => {
+                        tracing::warn!(error = %e, "a value reached the database that validation should have refused");
+                        Self::validation("a value is outside what can be stored")
+                    }
                     _ => Self::Internal(e.into()),
                 }
             }

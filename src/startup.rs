@@ -81,18 +81,21 @@ async fn migrate_with_retry(db: PgPool, ready: Arc<AtomicBool>, shutdown: Cancel
 }
 
 fn cors(config: &Config) -> CorsLayer {
-    let origins = config.cors_allowed_origins.trim();
-    let allow_origin = if origins == "*" || origins.is_empty() {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            origins
-                .split(',')
-                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
-        )
+    // With an explicit list, credentials (cookies for sticky sessions) are allowed too;
+    // a wildcard origin cannot carry credentials.
+    let (allow_origin, credentials) = match config.allowed_origins() {
+        None => (AllowOrigin::any(), false),
+        Some(list) => (
+            AllowOrigin::list(
+                list.into_iter()
+                    .filter_map(|o| HeaderValue::from_str(o).ok()),
+            ),
+            true,
+        ),
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
+        .allow_credentials(credentials)
         .allow_methods([
             Method::GET,
             Method::POST,
@@ -143,6 +146,7 @@ impl Server {
             events: Events::new(),
             shutdown: CancellationToken::new(),
             ready: Arc::new(AtomicBool::new(false)),
+            owner_claims: Default::default(),
         };
         let mut background = writers;
         background.push(tokio::spawn(migrate_with_retry(
@@ -164,7 +168,7 @@ impl Server {
 
         let (sio_layer, io) = realtime::socketio::layer(&state);
         background.push(realtime::fanout::spawn(
-            &state.events,
+            &state,
             io.clone(),
             realtime::socketio::namespaces(&state),
         ));
@@ -175,10 +179,15 @@ impl Server {
             .merge(api)
             .route("/ws", axum::routing::get(realtime::ws::handler))
             .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+            .method_not_allowed_fallback(http::method_not_allowed)
             .fallback(http::not_found)
             .layer(axum::extract::DefaultBodyLimit::max(http::MAX_BODY_BYTES))
             .layer(middleware::from_fn(crate::telemetry::request_context))
             .layer(sio_layer)
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                http::realtime_origin_guard,
+            ))
             .layer(cors(&state.config))
             .with_state(state.clone());
         Ok(Self {

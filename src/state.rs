@@ -23,6 +23,33 @@ pub struct AppState {
     pub summariser: Option<crate::summarize::openai::Client>,
     /// Group commit for message sends.
     pub writer: crate::core::writer::Writer,
+    /// Agent `owner` claims this process has already recorded.
+    pub owner_claims: OwnerClaims,
+}
+
+/// The (agent, owner) pairs from signed `owner` claims already written to the database,
+/// so an agent's every request does not write it again. Bounded: cleared when large.
+#[derive(Clone, Default)]
+pub struct OwnerClaims(Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>);
+
+impl OwnerClaims {
+    const MAX: usize = 100_000;
+
+    pub fn seen(&self, agent: &str, owner: &str) -> bool {
+        self.0
+            .lock()
+            .map(|m| m.get(agent).is_some_and(|o| o == owner))
+            .unwrap_or(false)
+    }
+
+    pub fn remember(&self, agent: &str, owner: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+            m.insert(agent.to_owned(), owner.to_owned());
+        }
+    }
 }
 
 impl AppState {

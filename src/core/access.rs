@@ -60,6 +60,7 @@ impl Access {
                        FROM agents a
                        JOIN participants ap
                          ON ap.conversation_id = c.id AND ap.participant_id = a.agent_id
+                        AND ap.participant_type = 'agent'
                        WHERE a.owner_id = $2
                    ) AS agent_owned
             FROM conversations c

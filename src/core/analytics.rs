@@ -107,14 +107,10 @@ pub async fn analytics(
 ) -> AppResult<Analytics> {
     let bucket = q.bucket.as_deref().unwrap_or("day");
     validate::one_of("bucket", bucket, &["hour", "day"])?;
-    if let (Some(s), Some(e)) = (q.start_date, q.end_date)
-        && s > e
-    {
-        return Err(AppError::invalid_field(
-            "start_date",
-            "must not be after end_date",
-        ));
-    }
+    validate::date("start_date", q.start_date.as_ref())?;
+    validate::date("end_date", q.end_date.as_ref())?;
+    // A range that ends before it starts is empty, as in history (not an error: each
+    // date is valid on its own).
     let access = Access::load(&state.db, principal, id).await?;
 
     let senders: Vec<SenderRow> = sqlx::query_as(concat!(
@@ -210,10 +206,21 @@ fn timeline(
         .map(truncate)
         .or(counted.first().map(|b| b.bucket_start));
     let last = end.map(truncate).or(counted.last().map(|b| b.bucket_start));
-    let (Some(first), Some(last)) = (first, last) else {
+    let (Some(mut first), Some(mut last)) = (first, last) else {
         return Ok(Vec::new());
     };
-    let buckets = (last - first).num_seconds() / step.num_seconds() + 1;
+    let mut buckets = (last - first).num_seconds() / step.num_seconds() + 1;
+    if buckets > MAX_BUCKETS {
+        // A range far wider than the conversation (year 1 to 9999, say): no message can
+        // lie outside the counted ones or after now, so those buckets are trimmed rather
+        // than refused. Only a conversation that really spans more buckets is a 400.
+        let now = truncate(Utc::now());
+        let lo = counted.first().map_or(now, |b| b.bucket_start.min(now));
+        let hi = counted.last().map_or(now, |b| b.bucket_start.max(now));
+        first = first.max(lo);
+        last = last.min(hi);
+        buckets = (last - first).num_seconds() / step.num_seconds() + 1;
+    }
     if buckets > MAX_BUCKETS {
         return Err(AppError::invalid_field(
             "bucket",
@@ -269,9 +276,25 @@ mod tests {
     }
 
     #[test]
-    fn refuses_too_many_buckets() {
+    fn trims_empty_centuries_but_refuses_a_conversation_spanning_too_many_buckets() {
+        let one = |t: &str| Bucket {
+            bucket_start: at(t),
+            message_count: 1,
+        };
+        let trimmed = timeline(
+            vec![one("2026-01-01T00:00:00Z")],
+            TimeDelta::days(1),
+            Some(at("0001-01-01T00:00:00Z")),
+            Some(at("9999-12-31T00:00:00Z")),
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            trimmed.first().map(|b| b.bucket_start),
+            Some(at("2026-01-01T00:00:00Z"))
+        );
+        assert!(trimmed.len() < 10_000);
         let r = timeline(
-            Vec::new(),
+            vec![one("2020-01-01T00:00:00Z"), one("2026-01-01T00:00:00Z")],
             TimeDelta::hours(1),
             Some(at("2020-01-01T00:00:00Z")),
             Some(at("2026-01-01T00:00:00Z")),

@@ -172,20 +172,43 @@ pub enum ParticipantSpec {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CreateConversation {
+    /// The id to give a new conversation (a UUID the client chose, seed 000). Ignored when
+    /// `platform_conversation_id` names an existing conversation.
+    #[serde(alias = "conversationId")]
+    pub conversation_id: Option<Uuid>,
+    /// Who creates the conversation and becomes its owner. A user may only name
+    /// themselves; a service or admin creates on behalf of anyone.
+    #[serde(alias = "creatorId")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub creator_id: Option<String>,
+    #[schema(max_length = 200)]
     pub name: Option<String>,
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// Defaults to `websocket`.
     pub platform: Option<String>,
     /// Unique per platform; defaults to the new conversation's id.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub platform_conversation_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub platform_metadata: Option<Value>,
-    /// Other participants; the caller always joins as owner.
-    #[serde(default)]
+    /// Other participants; the creator always joins as owner. `null` is an empty list.
+    #[serde(default, deserialize_with = "validate::null_as_default")]
+    #[schema(nullable, max_items = 500)]
     pub participants: Vec<ParticipantSpec>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "validate::null_as_default")]
+    #[schema(nullable, max_items = 20)]
     pub tags: Vec<String>,
 }
 
@@ -224,14 +247,30 @@ pub async fn create(
         p.validate()?;
         others.push(p);
     }
-    if others.len() > 500 {
+    if others.len() > super::participants::MAX_BATCH {
         return Err(AppError::invalid_field(
             "participants",
-            "at most 500 participants",
+            format!(
+                "at most {} participants at creation; add more with POST /conversations/{{id}}/participants/batch",
+                super::participants::MAX_BATCH
+            ),
         ));
     }
 
-    let id = Uuid::now_v7();
+    // Who creates it: the caller, or (services and admins only) the named creator.
+    let creator_id = match input.creator_id.as_deref() {
+        Some(c) if c != principal.id => {
+            validate::id("creator_id", c)?;
+            if !principal.is_privileged() {
+                return Err(AppError::Forbidden(
+                    "creator_id must be your own id; only services and admins create on behalf of others".into(),
+                ));
+            }
+            c.to_owned()
+        }
+        _ => principal.id.clone(),
+    };
+    let id = input.conversation_id.unwrap_or_else(Uuid::now_v7);
     let pcid = input
         .platform_conversation_id
         .unwrap_or_else(|| id.to_string());
@@ -242,7 +281,7 @@ pub async fn create(
             (id, name, description, platform, platform_conversation_id, platform_metadata,
              created_by, metadata, tags)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-        ON CONFLICT (platform, platform_conversation_id) DO NOTHING
+        ON CONFLICT DO NOTHING
         RETURNING id
         "#,
     )
@@ -252,25 +291,39 @@ pub async fn create(
     .bind(platform)
     .bind(&pcid)
     .bind(&platform_metadata)
-    .bind(&principal.id)
+    .bind(&creator_id)
     .bind(&metadata)
     .bind(&input.tags)
     .fetch_optional(&mut *tx)
     .await?;
 
     let Some((id,)) = inserted else {
-        // Get-or-create: the platform id is taken; hand back the existing conversation.
+        // Get-or-create: the platform id (or the client's chosen id, on a retry) is taken;
+        // hand back the existing conversation to whoever may read it.
         tx.rollback().await?;
-        let (existing,): (Uuid,) = sqlx::query_as(
-            "SELECT id FROM conversations WHERE platform = $1 AND platform_conversation_id = $2",
+        let existing: Option<(Uuid,)> = sqlx::query_as(
+            r#"
+            SELECT id FROM conversations
+            WHERE (platform = $1 AND platform_conversation_id = $2) OR id = $3
+            ORDER BY (platform = $1 AND platform_conversation_id = $2) DESC
+            LIMIT 1
+            "#,
         )
         .bind(platform)
         .bind(&pcid)
-        .fetch_one(&state.db)
+        .bind(id)
+        .fetch_optional(&state.db)
         .await?;
+        let Some((existing,)) = existing else {
+            // Deleted between our insert and this read: the client may simply retry.
+            return Err(AppError::Conflict {
+                code: "CONFLICT",
+                message: "the conversation changed while it was being created; retry".into(),
+            });
+        };
         let access = Access::load(&state.db, principal, existing).await.map_err(|e| match e {
             AppError::NotFound(_) => AppError::Forbidden(
-                "a conversation with this platform_conversation_id exists and you are not a participant".into(),
+                "a conversation with this platform_conversation_id or conversation_id exists and you are not a participant".into(),
             ),
             other => other,
         })?;
@@ -282,14 +335,31 @@ pub async fn create(
         });
     };
 
+    let on_behalf = creator_id != principal.id;
     let creator = NewParticipant {
-        participant_id: principal.id.clone(),
-        participant_type: Some(principal.kind.sender_type().to_owned()),
+        participant_id: creator_id.clone(),
+        // Someone created on behalf of is described by the participants list, if at all.
+        participant_type: Some(if on_behalf {
+            others
+                .iter()
+                .find(|p| p.participant_id == creator_id)
+                .and_then(|p| p.participant_type.clone())
+                .unwrap_or_else(|| "user".into())
+        } else {
+            principal.kind.sender_type().to_owned()
+        }),
         role: Some("owner".into()),
-        display_name: principal.name.clone(),
+        display_name: if on_behalf {
+            others
+                .iter()
+                .find(|p| p.participant_id == creator_id)
+                .and_then(|p| p.display_name.clone())
+        } else {
+            principal.name.clone()
+        },
     };
     super::participants::insert(&mut tx, id, &creator).await?;
-    for p in others.iter().filter(|p| p.participant_id != principal.id) {
+    for p in others.iter().filter(|p| p.participant_id != creator_id) {
         super::participants::insert(&mut tx, id, p).await?;
     }
     let conversation = fetch(&mut tx, &principal.id, id).await?;
@@ -356,7 +426,9 @@ pub struct ListConversations {
     /// `true`: only pinned conversations; `false`: only unpinned.
     pub pinned_only: Option<bool>,
     /// 1..=100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000000)]
     pub offset: Option<i64>,
 }
 
@@ -364,7 +436,8 @@ macro_rules! list_where {
     () => {
         r#"
         WHERE ($2::text IS NULL OR EXISTS (SELECT 1 FROM participants s
-                                           WHERE s.conversation_id = c.id AND s.participant_id = $2))
+                                           WHERE s.conversation_id = c.id AND s.participant_id = $2
+                                             AND (NOT $11::bool OR s.participant_type = 'agent')))
           AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM participants w
                                            WHERE w.conversation_id = c.id AND w.participant_id = $3))
           AND ($4::text IS NULL OR c.platform = $4)
@@ -398,15 +471,27 @@ pub async fn list(
         None if principal.is_privileged() => None,
         None => Some(principal.id.clone()),
     };
+    let scope = Scope {
+        participant: scope,
+        as_agent: false,
+    };
     list_scoped(state, principal, scope, query).await
 }
 
-/// Lists conversations of `scope` (everyone's when `None`) as seen by `principal`;
-/// the caller has already decided that `principal` may see them.
+/// Whose conversations a listing covers.
+pub(crate) struct Scope {
+    /// This participant's (everyone's when `None`).
+    pub participant: Option<String>,
+    /// Only those where `participant` takes part as an agent (the agent owner's view).
+    pub as_agent: bool,
+}
+
+/// Lists conversations of `scope` as seen by `principal`; the caller has already decided
+/// that `principal` may see them.
 pub(crate) async fn list_scoped(
     state: &AppState,
     principal: &Principal,
-    scope: Option<String>,
+    scope: Scope,
     query: ListConversations,
 ) -> AppResult<Page<Conversation>> {
     let limit = validate::limit(query.limit, 20, 100)?;
@@ -430,13 +515,13 @@ pub(crate) async fn list_scoped(
         conversation_select!(),
         list_where!(),
         r#"
-        ORDER BY CASE WHEN $11::bool THEN coalesce(me.is_pinned, false) ELSE false END DESC,
+        ORDER BY CASE WHEN $12::bool THEN coalesce(me.is_pinned, false) ELSE false END DESC,
                  coalesce(c.last_message_at, c.created_at) DESC, c.id DESC
-        LIMIT $12 OFFSET $13
+        LIMIT $13 OFFSET $14
         "#
     ))
     .bind(&principal.id)
-    .bind(&scope)
+    .bind(&scope.participant)
     .bind(&with)
     .bind(&query.platform)
     .bind(&query.platform_conversation_id)
@@ -445,6 +530,7 @@ pub(crate) async fn list_scoped(
     .bind(&query.tag)
     .bind(&pattern)
     .bind(query.pinned_only)
+    .bind(scope.as_agent)
     .bind(query.pinned.unwrap_or(false))
     .bind(limit)
     .bind(offset)
@@ -456,7 +542,7 @@ pub(crate) async fn list_scoped(
         list_where!()
     ))
     .bind(&principal.id)
-    .bind(&scope)
+    .bind(&scope.participant)
     .bind(&with)
     .bind(&query.platform)
     .bind(&query.platform_conversation_id)
@@ -465,6 +551,7 @@ pub(crate) async fn list_scoped(
     .bind(&query.tag)
     .bind(&pattern)
     .bind(query.pinned_only)
+    .bind(scope.as_agent)
     .fetch_one(&mut *conn)
     .await?;
     Ok(Page::new(
@@ -476,12 +563,16 @@ pub(crate) async fn list_scoped(
 }
 
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct UpdateConversation {
+    #[schema(max_length = 200)]
     pub name: Option<String>,
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    #[schema(max_items = 20)]
     pub tags: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
     pub platform_metadata: Option<Value>,
 }
 

@@ -21,16 +21,25 @@ use crate::{auth::Principal, error::AppResult, state::AppState};
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// 1..=100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// Messages to skip, counted back from the newest (forward from `after_seq` when given).
+    #[param(minimum = 0, maximum = 1000000000)]
     pub offset: Option<i64>,
     /// Only messages with `seq` below this.
+    #[param(minimum = 0)]
     pub before_seq: Option<i64>,
     /// Only messages with `seq` above this; pages then walk forward (oldest first).
+    #[param(minimum = 0)]
     pub after_seq: Option<i64>,
     pub start_date: Option<DateTime<Utc>>,
     pub end_date: Option<DateTime<Utc>>,
     /// Only messages of this sender.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub sender_filter: Option<String>,
 }
 
@@ -97,6 +106,8 @@ pub async fn history(
     if let Some(s) = &q.sender_filter {
         validate::id("sender_filter", s)?;
     }
+    validate::date("start_date", q.start_date.as_ref())?;
+    validate::date("end_date", q.end_date.as_ref())?;
     let access = Access::load(&state.db, principal, conversation_id).await?;
     let mut conn = state.db.acquire().await?;
     let forward = q.after_seq.is_some();

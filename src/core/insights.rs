@@ -11,7 +11,7 @@ use super::{
     validate,
 };
 use crate::{
-    auth::Principal,
+    auth::{Principal, PrincipalKind},
     error::{AppError, AppResult},
     state::AppState,
 };
@@ -20,10 +20,17 @@ use crate::{
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// Words, "quoted phrases", `or`, `-excluded` (web-search syntax).
+    #[param(
+        required = true,
+        max_length = 500,
+        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$"
+    )]
     pub q: Option<String>,
     pub conversation_id: Option<Uuid>,
     /// 1..=100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000000)]
     pub offset: Option<i64>,
 }
 
@@ -50,7 +57,7 @@ macro_rules! readable {
         concat!(
             "(SELECT p.conversation_id FROM participants p WHERE p.participant_id = ",
             $n,
-            " UNION SELECT ap.conversation_id FROM participants ap JOIN agents a ON a.agent_id = ap.participant_id WHERE a.owner_id = ",
+            " UNION SELECT ap.conversation_id FROM participants ap JOIN agents a ON a.agent_id = ap.participant_id AND ap.participant_type = 'agent' WHERE a.owner_id = ",
             $n,
             ")"
         )
@@ -162,10 +169,19 @@ pub async fn unread(state: &AppState, principal: &Principal) -> AppResult<Inbox>
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct RegisterAgent {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub agent_id: String,
+    #[schema(max_length = 200)]
     pub name: Option<String>,
+    /// Who owns the agent. Admins and services name anyone (default: themselves); the
+    /// agent itself must name it unless its token carries a signed `owner` claim.
+    #[serde(alias = "ownerId")]
+    pub owner_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -176,7 +192,10 @@ pub struct Agent {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Registers an agent id for the caller; `(agent, is_new)`. Someone else's id is a conflict.
+/// Records who owns an agent. Ownership is granted only by a party that controls the
+/// agent id (contract §3): an admin or a service (any owner), or the agent itself (its own
+/// token, naming `owner_id` or carrying a signed `owner` claim). Anyone else gets 403, so no
+/// one can claim another principal's id, used or not yet used. `(agent, is_new)`.
 pub async fn register_agent(
     state: &AppState,
     principal: &Principal,
@@ -186,37 +205,73 @@ pub async fn register_agent(
     if let Some(n) = &input.name {
         validate::max_chars("name", n, validate::MAX_NAME_CHARS)?;
     }
-    if input.agent_id == principal.id {
+    let is_the_agent = principal.kind == PrincipalKind::Agent && principal.id == input.agent_id;
+    let owner_id = if principal.is_privileged() {
+        input.owner_id.unwrap_or_else(|| principal.id.clone())
+    } else if is_the_agent {
+        input
+            .owner_id
+            .or_else(|| principal.owner.clone())
+            .ok_or_else(|| AppError::invalid_field("owner_id", "is required"))?
+    } else {
+        return Err(AppError::Forbidden(
+            "only the agent itself (an agent token for agent_id), an admin or a service may \
+             grant ownership of an agent id"
+                .into(),
+        ));
+    };
+    validate::id("owner_id", &owner_id)?;
+    if owner_id == input.agent_id {
         return Err(AppError::invalid_field(
-            "agent_id",
-            "must differ from your own id",
+            "owner_id",
+            "an agent cannot own itself",
         ));
     }
-    let inserted: Option<Agent> = sqlx::query_as(
-        "INSERT INTO agents (agent_id, owner_id, name) VALUES ($1, $2, $3)
-         ON CONFLICT (agent_id) DO NOTHING RETURNING agent_id, owner_id, name, created_at",
-    )
-    .bind(&input.agent_id)
-    .bind(&principal.id)
-    .bind(&input.name)
-    .fetch_optional(&state.db)
-    .await?;
-    if let Some(agent) = inserted {
-        return Ok((agent, true));
+    let (agent, is_new) =
+        upsert_owner(&state.db, &input.agent_id, &owner_id, input.name.as_deref()).await?;
+    Ok((agent, is_new))
+}
+
+async fn upsert_owner(
+    db: &sqlx::PgPool,
+    agent_id: &str,
+    owner_id: &str,
+    name: Option<&str>,
+) -> AppResult<(Agent, bool)> {
+    #[derive(sqlx::FromRow)]
+    struct Upserted {
+        #[sqlx(flatten)]
+        agent: Agent,
+        is_new: bool,
     }
-    let existing: Agent = sqlx::query_as(
-        "SELECT agent_id, owner_id, name, created_at FROM agents WHERE agent_id = $1",
+    let row: Upserted = sqlx::query_as(
+        r#"
+        INSERT INTO agents (agent_id, owner_id, name) VALUES ($1, $2, $3)
+        ON CONFLICT (agent_id) DO UPDATE
+            SET owner_id = EXCLUDED.owner_id, name = coalesce(EXCLUDED.name, agents.name)
+        RETURNING agent_id, owner_id, name, created_at, (xmax = 0) AS is_new
+        "#,
     )
-    .bind(&input.agent_id)
-    .fetch_one(&state.db)
+    .bind(agent_id)
+    .bind(owner_id)
+    .bind(name)
+    .fetch_one(db)
     .await?;
-    if existing.owner_id != principal.id {
-        return Err(AppError::Conflict {
-            code: "AGENT_TAKEN",
-            message: "this agent id is registered by someone else".into(),
-        });
+    Ok((row.agent, row.is_new))
+}
+
+/// Records an agent token's signed `owner` claim (contract §2) the first time this process
+/// sees the pair; later calls cost a map lookup.
+pub async fn record_owner_claim(state: &AppState, principal: &Principal) -> AppResult<()> {
+    let Some(owner) = principal.owner.as_deref() else {
+        return Ok(());
+    };
+    if owner == principal.id || state.owner_claims.seen(&principal.id, owner) {
+        return Ok(());
     }
-    Ok((existing, false))
+    upsert_owner(&state.db, &principal.id, owner, principal.name.as_deref()).await?;
+    state.owner_claims.remember(&principal.id, owner);
+    Ok(())
 }
 
 /// The owner's read-only view of every conversation the agent is in.
@@ -235,5 +290,9 @@ pub async fn agent_conversations(
         Some((owner,)) if owner == principal.id || principal.admin => {}
         _ => return Err(AppError::NotFound("agent")),
     }
-    conversations::list_scoped(state, principal, Some(agent_id.to_owned()), query).await
+    let scope = conversations::Scope {
+        participant: Some(agent_id.to_owned()),
+        as_agent: true,
+    };
+    conversations::list_scoped(state, principal, scope, query).await
 }

@@ -30,13 +30,22 @@ pub struct Attachment {
     pub id: Option<String>,
     /// e.g. `image`, `file`, `audio`.
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 64)]
     pub kind: String,
+    #[schema(min_length = 1, max_length = 4096)]
     pub url: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 512)]
     pub filename: Option<String>,
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "validate::whole_number"
+    )]
+    #[schema(minimum = 0)]
     pub size: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -61,6 +70,7 @@ pub struct Message {
     pub text: String,
     pub attachments: Vec<Attachment>,
     pub sender_id: String,
+    /// The sender's display name; its id when none was given.
     pub sender_name: Option<String>,
     /// `user|agent|system`
     pub sender_type: String,
@@ -106,6 +116,8 @@ pub(crate) struct Row {
 impl From<Row> for Message {
     fn from(r: Row) -> Self {
         let deleted = r.deleted_at.is_some();
+        // Seed 000 reads `sender_name: string`: without a stored name, the sender's id.
+        let sender_name = r.sender_name.unwrap_or_else(|| r.sender_id.clone());
         let reactions = match r.reactions {
             Value::Object(m) => m,
             _ => Map::new(),
@@ -133,7 +145,7 @@ impl From<Row> for Message {
                 serde_json::from_value(r.attachments).unwrap_or_default()
             },
             sender_id: r.sender_id,
-            sender_name: r.sender_name,
+            sender_name: Some(sender_name),
             sender_type: r.sender_type,
             status: if r.read_horizon.is_some_and(|h| h >= r.seq) {
                 "read"
@@ -181,17 +193,40 @@ pub async fn fetch(db: impl PgExecutor<'_>, id: Uuid) -> AppResult<Message> {
 
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct SendMessage {
+    #[schema(
+        min_length = 1,
+        max_length = 10000,
+        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$"
+    )]
     pub text: String,
     /// Idempotency key: a retry with the same key returns the stored message.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub client_message_id: Option<String>,
     /// Services only: the sender they act for.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub sender_id: Option<String>,
+    #[schema(max_length = 128)]
     pub sender_name: Option<String>,
     /// Services only: `user|agent|system`.
     pub sender_type: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub thread_id: Option<String>,
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub attachments: Vec<Attachment>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -414,8 +449,12 @@ pub async fn get(state: &AppState, principal: &Principal, id: Uuid) -> AppResult
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct EditMessage {
+    #[schema(
+        min_length = 1,
+        max_length = 10000,
+        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$"
+    )]
     pub text: String,
 }
 
@@ -461,19 +500,34 @@ pub async fn edit(
     Ok(message)
 }
 
-/// Soft delete (author, conversation owner, admin or service): the row and its `seq` stay.
+/// Delete (author, conversation owner, admin or service): the row and its `seq` stay as a
+/// tombstone; its content is erased.
 pub async fn delete(state: &AppState, principal: &Principal, id: Uuid) -> AppResult<Message> {
     let current = get(state, principal, id).await?;
     let access = Access::load(&state.db, principal, current.conversation_id).await?;
     if current.sender_id != principal.id {
         access.require_manage("delete other people's messages")?;
     }
+    // A tombstone keeps id, seq, sender and timestamps; the content is erased from storage
+    // (contract §3), not just hidden: text (and so its search vector), attachments,
+    // metadata, edit history and reactions.
+    let mut tx = state.db.begin().await?;
     sqlx::query(
-        "UPDATE messages SET deleted_at = coalesce(deleted_at, now()), updated_at = now() WHERE id = $1",
+        r#"
+        UPDATE messages
+        SET deleted_at = coalesce(deleted_at, now()), updated_at = now(),
+            text = '', attachments = '[]', metadata = '{}', edit_history = '[]', reactions = '{}'
+        WHERE id = $1
+        "#,
     )
     .bind(id)
-    .execute(&state.db)
+    .execute(&mut *tx)
     .await?;
+    sqlx::query("DELETE FROM reactions WHERE message_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     let message = fetch(&state.db, id).await?;
     publish(state, EventKind::MessageDeleted, &access.room, &message);
     Ok(message)

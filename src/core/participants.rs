@@ -31,13 +31,18 @@ pub struct Participant {
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NewParticipant {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub participant_id: String,
     /// `user` (default), `agent` or `system`.
     pub participant_type: Option<String>,
     /// `member` (default) or `owner`.
     pub role: Option<String>,
+    #[schema(max_length = 128)]
     pub display_name: Option<String>,
 }
 
@@ -149,6 +154,95 @@ pub async fn add(
     Ok(Added {
         participant,
         is_new: false,
+    })
+}
+
+/// Most participants one request may add (create or batch); larger conversations grow in
+/// batches of this size.
+pub const MAX_BATCH: usize = 500;
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct AddParticipants {
+    /// 1 to 500 participants; ids already in the conversation are left as they are.
+    #[schema(min_items = 1, max_items = 500)]
+    pub participants: Vec<NewParticipant>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AddedBatch {
+    /// Participants this call added (ids already in are not repeated here).
+    pub added: Vec<Participant>,
+    /// How many of the named ids were already participants.
+    pub already_present: usize,
+}
+
+/// Adds up to [`MAX_BATCH`] participants in one statement (owner, admin or service).
+pub async fn add_many(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+    input: AddParticipants,
+) -> AppResult<AddedBatch> {
+    if input.participants.is_empty() || input.participants.len() > MAX_BATCH {
+        return Err(AppError::invalid_field(
+            "participants",
+            format!("must name 1 to {MAX_BATCH} participants; add more in further batches"),
+        ));
+    }
+    for p in &input.participants {
+        p.validate()?;
+    }
+    let access = Access::load(&state.db, principal, id).await?;
+    access.require_manage("add participants")?;
+    let ids: Vec<&str> = input
+        .participants
+        .iter()
+        .map(|p| p.participant_id.as_str())
+        .collect();
+    let types: Vec<Option<&str>> = input
+        .participants
+        .iter()
+        .map(|p| p.participant_type.as_deref())
+        .collect();
+    let roles: Vec<Option<&str>> = input
+        .participants
+        .iter()
+        .map(|p| p.role.as_deref())
+        .collect();
+    let names: Vec<Option<&str>> = input
+        .participants
+        .iter()
+        .map(|p| p.display_name.as_deref())
+        .collect();
+    let added: Vec<Participant> = sqlx::query_as(
+        r#"
+        INSERT INTO participants (conversation_id, participant_id, participant_type, role, display_name)
+        SELECT $1, t.id, coalesce(t.kind, 'user'), coalesce(t.role, 'member'), t.name
+        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS t(id, kind, role, name)
+        ON CONFLICT (conversation_id, participant_id) DO NOTHING
+        RETURNING participant_id, participant_type, role, display_name, joined_at, last_read_seq
+        "#,
+    )
+    .bind(id)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&roles)
+    .bind(&names)
+    .fetch_all(&state.db)
+    .await?;
+    for participant in &added {
+        state.events.publish(Event {
+            kind: EventKind::ParticipantJoined,
+            conversation_id: id,
+            room: access.room.clone(),
+            data: json!({ "conversation_id": id, "participant": participant }),
+            origin: Default::default(),
+        });
+    }
+    let distinct: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    Ok(AddedBatch {
+        already_present: distinct.len().saturating_sub(added.len()),
+        added,
     })
 }
 

@@ -17,11 +17,17 @@ use crate::{
 };
 
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct MarkRead {
     /// Services and admins may mark for another participant.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub user_id: Option<String>,
     /// Defaults to the newest message.
+    #[serde(default, deserialize_with = "validate::whole_number")]
+    #[schema(minimum = 0)]
     pub up_to_seq: Option<i64>,
 }
 

@@ -16,6 +16,124 @@ pub const PLATFORMS: &[&str] = &["websocket", "telegram", "discord", "x", "whats
 pub const PARTICIPANT_TYPES: &[&str] = &["user", "agent", "system"];
 pub const ROLES: &[&str] = &["owner", "member"];
 
+/// For list fields clients send as `null` when empty (seed 000: `participants?: string[] | null`).
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
+
+/// An optional integer that JSON Schema would call one: `3` and `3.0` alike (JavaScript
+/// clients may send either); `3.5`, strings and out-of-range values are refused.
+pub fn whole_number<'de, D>(deserializer: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::{Deserialize, de::Error};
+    let value = Option::<Value>::deserialize(deserializer)?;
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= -9.0e15 && *f <= 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .map(Some)
+            .ok_or_else(|| D::Error::custom("must be an integer within ±9e15")),
+        Some(other) => Err(D::Error::custom(format!(
+            "invalid type: {}, expected an integer",
+            match other {
+                Value::String(_) => "string",
+                Value::Bool(_) => "boolean",
+                Value::Array(_) => "array",
+                _ => "object",
+            }
+        ))),
+    }
+}
+
+/// Deepest nesting accepted in client JSON (objects and arrays).
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Text Postgres cannot store: U+0000 is refused everywhere, before it reaches a query.
+pub fn no_nul(field: &str, value: &str) -> AppResult<()> {
+    if value.contains('\0') {
+        return Err(AppError::invalid_field(
+            field,
+            "must not contain the NUL character (U+0000)",
+        ));
+    }
+    Ok(())
+}
+
+/// Every client JSON document (REST bodies, socket payloads, `/ws` frames) passes here
+/// before it is read: no NUL in any string or key, bounded nesting. Numbers need no check:
+/// every finite double is stored exactly as decimal by `jsonb` and parsed back to the same
+/// double (serde_json's `float_roundtrip`), and non-finite ones are not valid JSON.
+pub fn untrusted_json(value: &Value) -> AppResult<()> {
+    fn walk(v: &Value, path: &mut String, depth: usize) -> AppResult<()> {
+        if depth > MAX_JSON_DEPTH {
+            return Err(AppError::invalid_field(
+                if path.is_empty() { "body" } else { path },
+                format!("nests deeper than {MAX_JSON_DEPTH} levels"),
+            ));
+        }
+        match v {
+            Value::String(s) => no_nul(if path.is_empty() { "body" } else { path }, s),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(item, path, depth + 1)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    if k.contains('\0') {
+                        path.push_str(&k.replace('\0', "\\u0000"));
+                        return Err(AppError::invalid_field(
+                            path,
+                            "keys must not contain the NUL character (U+0000)",
+                        ));
+                    }
+                    path.push_str(k);
+                    walk(item, path, depth + 1)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    walk(value, &mut String::new(), 0)
+}
+
+/// Timestamps a client names must lie where Postgres and every client can represent
+/// them: years 1 to 9999.
+pub fn date(field: &str, value: Option<&chrono::DateTime<chrono::Utc>>) -> AppResult<()> {
+    use chrono::Datelike;
+    if let Some(v) = value
+        && !(1..=9999).contains(&v.year())
+    {
+        return Err(AppError::invalid_field(
+            field,
+            "must be between 0001-01-01 and 9999-12-31",
+        ));
+    }
+    Ok(())
+}
+
 /// A non-empty id of at most 128 characters without control characters.
 pub fn id(field: &str, value: &str) -> AppResult<()> {
     if value.trim().is_empty() {
@@ -37,6 +155,7 @@ pub fn id(field: &str, value: &str) -> AppResult<()> {
 }
 
 pub fn max_chars(field: &str, value: &str, max: usize) -> AppResult<()> {
+    no_nul(field, value)?;
     if value.chars().count() > max {
         return Err(AppError::invalid_field(
             field,
@@ -61,6 +180,13 @@ pub fn json_object(field: &str, value: &Value) -> AppResult<()> {
     if !value.is_object() {
         return Err(AppError::invalid_field(field, "must be a JSON object"));
     }
+    untrusted_json(value).map_err(|e| match e {
+        AppError::Validation { message, details } => AppError::Validation {
+            message: format!("{field}.{message}"),
+            details,
+        },
+        other => other,
+    })?;
     if value.to_string().len() > MAX_JSON_BYTES {
         return Err(AppError::invalid_field(
             field,
@@ -72,6 +198,7 @@ pub fn json_object(field: &str, value: &Value) -> AppResult<()> {
 
 /// Message text: non-blank and within the configured length. Stored verbatim.
 pub fn text(value: &str, max: usize) -> AppResult<()> {
+    no_nul("text", value)?;
     if value.trim().is_empty() {
         return Err(AppError::invalid_field("text", "must not be empty"));
     }
@@ -153,6 +280,77 @@ mod tests {
     #[test]
     fn like_pattern_escapes_wildcards() {
         assert_eq!(like_pattern("50%_a\\"), "%50\\%\\_a\\\\%");
+    }
+
+    #[test]
+    fn nul_is_refused_anywhere_in_a_document() {
+        let ok = serde_json::json!({"a": [1, {"b": "c"}], "n": 1.7976931348623157e308});
+        assert!(untrusted_json(&ok).is_ok());
+        for bad in [
+            serde_json::json!({"a": "x\u{0}y"}),
+            serde_json::json!({"a": [{"b": ["\u{0}"]}]}),
+            serde_json::json!({"k\u{0}": 1}),
+        ] {
+            assert!(untrusted_json(&bad).is_err(), "{bad}");
+        }
+        let mut deep = serde_json::json!(1);
+        for _ in 0..40 {
+            deep = serde_json::json!([deep]);
+        }
+        assert!(untrusted_json(&deep).is_err());
+    }
+
+    /// How Postgres prints a `jsonb` number: the decimal it was given, without exponent.
+    fn postgres_plain(shortest: &str) -> String {
+        let (sign, rest) = match shortest.strip_prefix('-') {
+            Some(r) => ("-", r),
+            None => ("", shortest),
+        };
+        let (mantissa, exp) = match rest.split_once(['e', 'E']) {
+            Some((m, e)) => (m, e.parse::<i64>().expect("exponent")),
+            None => (rest, 0),
+        };
+        let point = mantissa.find('.').unwrap_or(mantissa.len()) as i64;
+        let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+        let at = point + exp;
+        let body = if at >= digits.len() as i64 {
+            format!(
+                "{digits}{}",
+                "0".repeat((at - digits.len() as i64) as usize)
+            )
+        } else if at <= 0 {
+            format!("0.{}{digits}", "0".repeat((-at) as usize))
+        } else {
+            format!("{}.{}", &digits[..at as usize], &digits[at as usize..])
+        };
+        format!("{sign}{body}")
+    }
+
+    #[test]
+    fn huge_doubles_survive_the_postgres_decimal_form() {
+        for x in [
+            f64::MAX,
+            f64::MIN,
+            f64::MIN_POSITIVE,
+            5e-324,
+            1e300,
+            0.1,
+            123.456e-7,
+        ] {
+            let sent = serde_json::to_string(&x).expect("serialises");
+            let stored = postgres_plain(&sent);
+            let back: f64 = serde_json::from_str(&stored).expect("parses back");
+            assert_eq!(back, x, "{sent} stored as {stored}");
+        }
+    }
+
+    #[test]
+    fn dates_outside_years_1_to_9999_are_refused() {
+        let far: chrono::DateTime<chrono::Utc> =
+            "-262143-01-01T00:00:00Z".parse().expect("chrono parses it");
+        assert!(date("start_date", Some(&far)).is_err());
+        let ok: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().expect("date");
+        assert!(date("start_date", Some(&ok)).is_ok());
     }
 
     #[test]

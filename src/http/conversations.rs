@@ -23,16 +23,18 @@ use crate::{
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(create, list))
-        .routes(routes!(get, update, delete))
-        .routes(routes!(archive))
-        .routes(routes!(restore))
-        .routes(routes!(pin))
-        .routes(routes!(unpin))
+    super::openapi::documented(
+        OpenApiRouter::new()
+            .routes(routes!(create, list))
+            .routes(routes!(get, update, delete))
+            .routes(routes!(archive))
+            .routes(routes!(restore))
+            .routes(routes!(pin))
+            .routes(routes!(unpin)),
+    )
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct CreatedData {
     #[serde(flatten)]
     conversation: Conversation,
@@ -46,18 +48,27 @@ pub struct CreatedEnvelope {
     success: bool,
     data: CreatedData,
     conversation_id: Uuid,
-    conversation: Conversation,
+    /// The same object as `data`.
+    conversation: CreatedData,
     message: String,
 }
 
 /// Create a conversation, or return the one with the same (`platform`, `platform_conversation_id`).
 #[utoipa::path(post, path = "/api/v1/communication/conversations", tag = "conversations",
-    request_body = CreateConversation,
+    request_body(content = CreateConversation, example = json!({
+        "name": "Support chat",
+        "description": "Questions about an order",
+        "platform": "websocket",
+        "participants": ["support-agent"],
+        "metadata": { "order": "A-1001" },
+        "tags": ["support"]
+    })),
     responses(
         (status = 201, description = "created", body = CreatedEnvelope),
         (status = 200, description = "existing conversation returned", body = CreatedEnvelope),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, description = "platform id taken by a conversation you are not in", body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: the platform id belongs to a conversation you are \
+            not in, or `creator_id` names someone else and you are not a service or admin",
+            body = ErrorBody)),
     security(("bearer" = [])))]
 async fn create(
     State(state): State<AppState>,
@@ -70,14 +81,15 @@ async fn create(
     } else {
         StatusCode::OK
     };
+    let data = CreatedData {
+        conversation: created.conversation,
+        is_new: created.is_new,
+    };
     let body = CreatedEnvelope {
         success: true,
-        conversation_id: created.conversation.id,
-        conversation: created.conversation.clone(),
-        data: CreatedData {
-            conversation: created.conversation,
-            is_new: created.is_new,
-        },
+        conversation_id: data.conversation.id,
+        conversation: data.clone(),
+        data,
         message: if created.is_new {
             "conversation created"
         } else {
@@ -92,7 +104,7 @@ async fn create(
 #[utoipa::path(get, path = "/api/v1/communication/conversations", tag = "conversations",
     params(ListConversations),
     responses((status = 200, body = inline(super::Envelope<Page<Conversation>>)),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: `participant_id` names someone else and you are not a service or admin", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
@@ -108,8 +120,7 @@ async fn list(
 /// One conversation.
 #[utoipa::path(get, path = "/api/v1/communication/conversations/{id}", tag = "conversations",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = inline(super::Envelope<Conversation>)),
-        (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = inline(super::Envelope<Conversation>))),
     security(("bearer" = [])))]
 async fn get(
     State(state): State<AppState>,
@@ -126,7 +137,7 @@ async fn get(
 #[utoipa::path(put, path = "/api/v1/communication/conversations/{id}", tag = "conversations",
     params(("id" = Uuid, Path)), request_body = UpdateConversation,
     responses((status = 200, body = inline(super::Envelope<Conversation>)),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: only the owner, an admin or a service may update it", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn update(
     State(state): State<AppState>,
@@ -142,7 +153,7 @@ async fn update(
 #[utoipa::path(delete, path = "/api/v1/communication/conversations/{id}", tag = "conversations",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = inline(super::Envelope<serde_json::Value>)),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: only the owner, an admin or a service may delete it", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn delete(
     State(state): State<AppState>,
@@ -161,7 +172,7 @@ async fn delete(
 #[utoipa::path(post, path = "/api/v1/communication/conversations/{id}/archive", tag = "conversations",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = inline(super::Envelope<Conversation>)),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: only the owner, an admin or a service may archive it", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn archive(
     State(state): State<AppState>,
@@ -176,7 +187,7 @@ async fn archive(
 #[utoipa::path(post, path = "/api/v1/communication/conversations/{id}/restore", tag = "conversations",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = inline(super::Envelope<Conversation>)),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: only the owner, an admin or a service may restore it", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn restore(
     State(state): State<AppState>,
@@ -191,7 +202,7 @@ async fn restore(
 #[utoipa::path(post, path = "/api/v1/communication/conversations/{id}/pin", tag = "conversations",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = inline(super::Envelope<Conversation>)),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: only participants may pin", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn pin(
     State(state): State<AppState>,
@@ -208,7 +219,7 @@ async fn pin(
 #[utoipa::path(post, path = "/api/v1/communication/conversations/{id}/unpin", tag = "conversations",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = inline(super::Envelope<Conversation>)),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: only participants may unpin", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn unpin(
     State(state): State<AppState>,

@@ -18,19 +18,21 @@ use crate::{
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(search))
-        .routes(routes!(unread))
-        .routes(routes!(register_agent))
-        .routes(routes!(agent_conversations))
-        .routes(routes!(conversation_summary))
-        .routes(routes!(conversation_analytics))
+    super::openapi::documented(
+        OpenApiRouter::new()
+            .routes(routes!(search))
+            .routes(routes!(unread))
+            .routes(routes!(register_agent))
+            .routes(routes!(agent_conversations))
+            .routes(routes!(conversation_summary))
+            .routes(routes!(conversation_analytics)),
+    )
 }
 
 /// A summary of the conversation's newest messages, cached until the conversation changes.
 #[utoipa::path(get, path = "/api/v1/communication/conversations/{id}/summary", tag = "intelligence",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = inline(Envelope<Summary>)), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<Summary>))),
     security(("bearer" = [])))]
 async fn conversation_summary(
     State(state): State<AppState>,
@@ -46,8 +48,7 @@ async fn conversation_summary(
 /// Message counts, per-participant stats and an activity timeline.
 #[utoipa::path(get, path = "/api/v1/communication/conversations/{id}/analytics", tag = "intelligence",
     params(("id" = Uuid, Path), AnalyticsQuery),
-    responses((status = 200, body = inline(Envelope<Analytics>)), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<Analytics>))),
     security(("bearer" = [])))]
 async fn conversation_analytics(
     State(state): State<AppState>,
@@ -64,7 +65,7 @@ async fn conversation_analytics(
 /// Full-text search over messages the caller may read, best match first.
 #[utoipa::path(get, path = "/api/v1/communication/messages/search", tag = "intelligence",
     params(SearchQuery),
-    responses((status = 200, body = inline(Envelope<Page<SearchHit>>)), (status = 400, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<Page<SearchHit>>))),
     security(("bearer" = [])))]
 async fn search(
     State(state): State<AppState>,
@@ -89,7 +90,8 @@ async fn unread(State(state): State<AppState>, Auth(principal): Auth) -> ApiResu
 #[utoipa::path(post, path = "/api/v1/communication/agents", tag = "intelligence",
     request_body = RegisterAgent,
     responses((status = 201, body = inline(Envelope<Agent>)), (status = 200, body = inline(Envelope<Agent>)),
-        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: you may not register this agent id", body = ErrorBody),
+        (status = 409, description = "AGENT_TAKEN: registered by someone else", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn register_agent(
     State(state): State<AppState>,
@@ -110,7 +112,7 @@ async fn register_agent(
 /// The owner's read-only view of every conversation the agent is in.
 #[utoipa::path(get, path = "/api/v1/communication/agents/{agent_id}/conversations", tag = "intelligence",
     params(("agent_id" = String, Path), ListConversations),
-    responses((status = 200, body = inline(Envelope<Page<Conversation>>)), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<Page<Conversation>>))),
     security(("bearer" = [])))]
 async fn agent_conversations(
     State(state): State<AppState>,

@@ -9,7 +9,7 @@ mod participants;
 
 use axum::{
     Router,
-    extract::{FromRequest, FromRequestParts, Request, State, rejection::JsonRejection},
+    extract::{FromRequest, FromRequestParts, Request, State},
     http::{HeaderValue, StatusCode, Uri, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -62,49 +62,207 @@ pub fn ok_with<T>(status: StatusCode, data: T, message: &str) -> ApiResult<T> {
     ))
 }
 
-/// `axum::Json` whose rejections come back in our error envelope.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(AppError))]
+/// A JSON request body, read by the request-body policy (contract §3): any JSON document
+/// is first checked as untrusted input (no U+0000 anywhere, bounded nesting), then read
+/// into `T`. Unknown fields are ignored; a known field of the wrong type is a 422 naming it.
 pub struct Json<T>(pub T);
 
-impl From<JsonRejection> for AppError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::BytesRejection(_)
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                AppError::PayloadTooLarge {
-                    limit: MAX_BODY_BYTES,
+impl<S, T> FromRequest<S> for Json<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if !is_json(content_type) {
+            return Err(AppError::validation(
+                "expected `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    AppError::PayloadTooLarge {
+                        limit: MAX_BODY_BYTES,
+                    }
+                } else {
+                    AppError::validation("the request body could not be read")
                 }
-            }
-            JsonRejection::MissingJsonContentType(_) => {
-                AppError::validation("expected `Content-Type: application/json`")
-            }
-            JsonRejection::JsonDataError(e) => AppError::Unprocessable(e.body_text()),
-            other => AppError::validation(other.body_text()),
+            })?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| AppError::Validation {
+                message: format!("the body is not valid JSON: {}", json_problem(&e)),
+                details: Some(serde_json::json!({
+                    "line": e.line(), "column": e.column(), "problem": json_problem(&e)
+                })),
+            })?;
+        crate::core::validate::untrusted_json(&value)?;
+        serde_path_to_error::deserialize(value)
+            .map(Json)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let field = if field == "." {
+                    "body".to_owned()
+                } else {
+                    field
+                };
+                let problem = e.inner().to_string();
+                AppError::Unprocessable {
+                    message: format!("{field}: {problem}"),
+                    details: Some(serde_json::json!({ "field": field, "problem": problem })),
+                }
+            })
+    }
+}
+
+/// `application/json`, or any `+json` type, with any parameters.
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return false };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// serde_json's description without its " at line L column C" suffix.
+fn json_problem(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// `axum::extract::Path` with our rejection: a field named, never the parser's internals,
+/// and U+0000 refused before it can reach a query.
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let names: Vec<String> =
+            match axum::extract::RawPathParams::from_request_parts(parts, state).await {
+                Ok(raw) => {
+                    for (key, value) in &raw {
+                        crate::core::validate::no_nul(key, value)?;
+                    }
+                    raw.iter().map(|(k, _)| k.to_owned()).collect()
+                }
+                Err(_) => vec![],
+            };
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(rejection) => Err(path_rejection(rejection, &names)),
         }
     }
 }
 
-/// `axum::extract::Path` with our rejection.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(AppError))]
-pub struct Path<T>(pub T);
-
-impl From<axum::extract::rejection::PathRejection> for AppError {
-    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
-        AppError::validation(format!("invalid path parameter: {}", rejection.body_text()))
+fn uuid_or_form(parser_message: &str) -> &'static str {
+    if parser_message.to_ascii_lowercase().contains("uuid") {
+        "must be a UUID"
+    } else {
+        "has the wrong form"
     }
 }
 
-/// `axum::extract::Query` with our rejection.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(AppError))]
+/// Names the parameter and the rule, e.g. `id: must be a UUID`.
+fn path_rejection(
+    rejection: axum::extract::rejection::PathRejection,
+    names: &[String],
+) -> AppError {
+    use axum::extract::path::ErrorKind;
+    use axum::extract::rejection::PathRejection;
+    let PathRejection::FailedToDeserializePathParams(e) = &rejection else {
+        return AppError::validation("invalid path");
+    };
+    let rule = |expected_type: &str| {
+        if expected_type.contains("Uuid") {
+            "must be a UUID".to_owned()
+        } else if expected_type.starts_with('i') || expected_type.starts_with('u') {
+            "must be an integer".to_owned()
+        } else {
+            "has the wrong form".to_owned()
+        }
+    };
+    let only = || {
+        names
+            .first()
+            .map(String::as_str)
+            .filter(|_| names.len() == 1)
+    };
+    match e.kind() {
+        ErrorKind::ParseErrorAtKey {
+            key, expected_type, ..
+        } => AppError::invalid_field(key, rule(expected_type)),
+        ErrorKind::ParseErrorAtIndex {
+            index,
+            expected_type,
+            ..
+        } => AppError::invalid_field(
+            names.get(*index).map(String::as_str).unwrap_or("path"),
+            rule(expected_type),
+        ),
+        ErrorKind::ParseError { expected_type, .. } => {
+            AppError::invalid_field(only().unwrap_or("path"), rule(expected_type))
+        }
+        ErrorKind::InvalidUtf8InPathParam { key } => {
+            AppError::invalid_field(key, "must be valid UTF-8")
+        }
+        // Types with their own parser (UUIDs) report through a message.
+        ErrorKind::DeserializeError { key, message, .. } => {
+            AppError::invalid_field(key, uuid_or_form(message))
+        }
+        ErrorKind::Message(m) => AppError::invalid_field(only().unwrap_or("path"), uuid_or_form(m)),
+        _ => AppError::validation("invalid path parameter"),
+    }
+}
+
+/// `axum::extract::Query` with our rejection (the field and the rule), U+0000 refused.
 pub struct Query<T>(pub T);
 
-impl From<axum::extract::rejection::QueryRejection> for AppError {
-    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
-        AppError::validation(format!("invalid query: {}", rejection.body_text()))
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|_| AppError::validation("the query string is not valid URL encoding"))?;
+        for (key, value) in &pairs {
+            crate::core::validate::no_nul(key, key)?;
+            crate::core::validate::no_nul(key, value)?;
+        }
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Query)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let problem = e.inner().to_string();
+                if field == "." {
+                    AppError::validation(format!("query: {problem}"))
+                } else {
+                    AppError::invalid_field(&field, problem)
+                }
+            })
     }
 }
 
@@ -141,6 +299,10 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         Ok(a) => a,
         Err(e) => {
             crate::metrics::rate_limited("rest");
+            let retry_after = match &e {
+                AppError::RateLimited { retry_after_secs } => *retry_after_secs,
+                _ => 60,
+            };
             let mut response = e.into_response();
             let h = response.headers_mut();
             h.insert(
@@ -148,9 +310,13 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
                 HeaderValue::from(state.config.rate_limit_per_minute),
             );
             h.insert("x-ratelimit-remaining", HeaderValue::from(0));
+            h.insert("x-ratelimit-reset", HeaderValue::from(retry_after));
             return response;
         }
     };
+    if let Err(e) = crate::core::insights::record_owner_claim(&state, &principal).await {
+        return e.into_response();
+    }
     request.extensions_mut().insert(principal);
     let mut response = next.run(request).await;
     let h = response.headers_mut();
@@ -200,6 +366,34 @@ async fn deadline(State(state): State<AppState>, request: Request, next: Next) -
 /// Unknown routes answer in our envelope.
 pub async fn not_found() -> AppError {
     AppError::NotFound("route")
+}
+
+/// Known routes called with a method they do not serve, likewise.
+pub async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}
+
+/// Browsers send `Origin` on WebSocket upgrades and Socket.IO polls, and CORS does not
+/// protect either: with an explicit `CORS_ALLOWED_ORIGINS`, both are refused from any other
+/// origin (contract §3), like every other cross-origin request.
+pub async fn realtime_origin_guard(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let realtime = path == "/ws" || path == "/ws/" || path.starts_with("/socket.io");
+    if realtime
+        && let Some(origin) = request.headers().get(axum::http::header::ORIGIN)
+        && !state.config.origin_allowed(origin.as_bytes())
+    {
+        return AppError::Forbidden(format!(
+            "origin {} is not in CORS_ALLOWED_ORIGINS",
+            String::from_utf8_lossy(origin.as_bytes())
+        ))
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Accepts a trailing slash on every API route by trimming it before routing.

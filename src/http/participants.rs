@@ -6,21 +6,24 @@ use uuid::Uuid;
 
 use super::{ApiResult, Auth, Envelope, Json, Path, ok, ok_with};
 use crate::{
-    core::participants::{self, NewParticipant, Participant},
+    core::participants::{self, AddParticipants, AddedBatch, NewParticipant, Participant},
     error::ErrorBody,
     state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list, add))
-        .routes(routes!(remove))
+    super::openapi::documented(
+        OpenApiRouter::new()
+            .routes(routes!(list, add))
+            .routes(routes!(remove))
+            .routes(routes!(add_batch)),
+    )
 }
 
 /// Participants, in joining order.
 #[utoipa::path(get, path = "/api/v1/communication/conversations/{id}/participants", tag = "participants",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = inline(Envelope<Vec<Participant>>)), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = inline(Envelope<Vec<Participant>>))),
     security(("bearer" = [])))]
 async fn list(
     State(state): State<AppState>,
@@ -37,7 +40,7 @@ async fn list(
 #[utoipa::path(post, path = "/api/v1/communication/conversations/{id}/participants", tag = "participants",
     params(("id" = Uuid, Path)), request_body = NewParticipant,
     responses((status = 201, body = inline(Envelope<Participant>)), (status = 200, body = inline(Envelope<Participant>)),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: only the owner, an admin or a service may add participants", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn add(
     State(state): State<AppState>,
@@ -57,7 +60,7 @@ async fn add(
 #[utoipa::path(delete, path = "/api/v1/communication/conversations/{id}/participants/{participant_id}",
     tag = "participants", params(("id" = Uuid, Path), ("participant_id" = String, Path)),
     responses((status = 200, body = inline(Envelope<serde_json::Value>)),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: only the owner, an admin or a service may remove someone else", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn remove(
     State(state): State<AppState>,
@@ -69,5 +72,25 @@ async fn remove(
         StatusCode::OK,
         serde_json::json!({ "conversation_id": id, "participant_id": participant_id }),
         "participant removed",
+    )
+}
+
+/// Add up to 500 participants at once (owner, admin, service); repeat for larger
+/// conversations (at least 10,000 participants are supported).
+#[utoipa::path(post, path = "/api/v1/communication/conversations/{id}/participants/batch", tag = "participants",
+    params(("id" = Uuid, Path)), request_body = AddParticipants,
+    responses((status = 200, body = inline(Envelope<AddedBatch>)),
+        (status = 403, description = "FORBIDDEN: only the owner, an admin or a service may add participants", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such conversation, or not yours to see", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn add_batch(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<Uuid>,
+    Json(input): Json<AddParticipants>,
+) -> ApiResult<AddedBatch> {
+    ok(
+        StatusCode::OK,
+        participants::add_many(&state, &principal, id, input).await?,
     )
 }

@@ -10,8 +10,15 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{payload, room, socket_room};
-use crate::core::events::{Event, EventKind, Events};
+use super::{payload, principal_room, room, socket_room};
+use crate::{
+    auth::Principal,
+    core::{
+        access::Access,
+        events::{Event, EventKind},
+    },
+    state::AppState,
+};
 
 /// The Socket.IO events one core event becomes: (name, payload, include the origin socket).
 pub fn socket_events(event: &Event) -> Vec<(&'static str, Value, bool)> {
@@ -51,6 +58,34 @@ pub fn socket_events(event: &Event) -> Vec<(&'static str, Value, bool)> {
     }
 }
 
+/// A removed participant's sockets leave the room at once (contract §3), unless the
+/// principal still may read the conversation (an admin, a service, an agent's owner).
+async fn revoke(state: &AppState, io: &SocketIo, namespaces: &[String], event: &Event) {
+    let Some(participant) = event.data["participant_id"].as_str() else {
+        return;
+    };
+    let target = room(event.conversation_id);
+    for ns in namespaces {
+        let Some(op) = io.of(ns.as_str()) else {
+            continue;
+        };
+        let sockets = op.within(principal_room(participant)).sockets();
+        let Some(principal) = sockets.iter().find_map(|s| s.extensions.get::<Principal>()) else {
+            continue;
+        };
+        // Fail closed: without an answer, the removal stands.
+        if Access::load(&state.db, &principal, event.conversation_id)
+            .await
+            .is_ok()
+        {
+            continue;
+        }
+        for socket in sockets {
+            socket.leave(target.clone());
+        }
+    }
+}
+
 async fn deliver(io: &SocketIo, namespaces: &[String], event: &Arc<Event>) {
     let target = room(event.conversation_id);
     for (name, data, include_origin) in socket_events(event) {
@@ -71,15 +106,34 @@ async fn deliver(io: &SocketIo, namespaces: &[String], event: &Arc<Event>) {
 }
 
 pub fn spawn(
-    events: &Events,
+    state: &AppState,
     io: SocketIo,
     namespaces: Vec<String>,
 ) -> tokio::task::JoinHandle<()> {
-    let mut rx = events.subscribe();
+    let mut rx = state.events.subscribe();
+    let state = state.clone();
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(event) => deliver(&io, &namespaces, &event).await,
+                Ok(event) => {
+                    deliver(&io, &namespaces, &event).await;
+                    match event.kind {
+                        EventKind::ParticipantLeft => {
+                            revoke(&state, &io, &namespaces, &event).await
+                        }
+                        EventKind::ConversationDeleted => {
+                            for ns in &namespaces {
+                                if let Some(op) = io.of(ns.as_str()) {
+                                    op.within(room(event.conversation_id))
+                                        .sockets()
+                                        .into_iter()
+                                        .for_each(|s| s.leave(room(event.conversation_id)));
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(
                         skipped = n,

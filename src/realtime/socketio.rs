@@ -14,7 +14,7 @@ use socketioxide::{
 };
 use uuid::Uuid;
 
-use super::{payload, room, socket_room};
+use super::{payload, principal_room, room, socket_room};
 use crate::{
     auth::{Principal, PrincipalKind},
     core::{
@@ -80,6 +80,9 @@ async fn authenticate(
     match from_auth.or(from_header).or(from_query) {
         Some(token) => {
             let principal = state.verifier.verify(token.trim())?;
+            crate::core::insights::record_owner_claim(&state, &principal).await?;
+            // Every socket of a principal shares a room, so a removal reaches them all.
+            socket.join(principal_room(&principal.id));
             socket.extensions.insert(principal);
             register(&socket);
             Ok(())
@@ -105,7 +108,10 @@ macro_rules! on_event {
                    TryData(d): TryData<Value>,
                    ack: Ack,
                    State(st): State<AppState>| {
-                let r = $op(&st, &s, data(d)).await;
+                let r = match data(d) {
+                    Ok(d) => $op(&st, &s, d).await,
+                    Err(e) => Err(e),
+                };
                 respond(&s, ack, $name, r);
             },
         )
@@ -137,7 +143,10 @@ fn register(socket: &SocketRef) {
         "chat_message",
         async |s: SocketRef, TryData(d): TryData<Value>, ack: Ack, State(st): State<AppState>| {
             let started = Instant::now();
-            let r = chat_message(&st, &s, data(d), false).await;
+            let r = match data(d) {
+                Ok(d) => chat_message(&st, &s, d, false).await,
+                Err(e) => Err(e),
+            };
             crate::metrics::send_acked("socketio", started.elapsed());
             respond(&s, ack, "chat_message", r);
         },
@@ -176,9 +185,13 @@ where
     }
 }
 
-/// Payloads that are not JSON at all become `Null`, which every event rejects clearly.
-fn data<E>(d: Result<Value, E>) -> Value {
-    d.unwrap_or(Value::Null)
+/// Every payload is untrusted input (no U+0000 anywhere, bounded nesting) before a handler
+/// reads it. Payloads that are not JSON at all become `Null`, which every event rejects
+/// clearly.
+fn data<E>(d: Result<Value, E>) -> AppResult<Value> {
+    let value = d.unwrap_or(Value::Null);
+    validate::untrusted_json(&value)?;
+    Ok(value)
 }
 
 /// Acks success or error; without an ack callback, errors go out as an `error` event.
@@ -186,8 +199,12 @@ fn respond(socket: &SocketRef, Ack(wanted, ack): Ack, event: &str, result: AppRe
     let body = match result {
         Ok(data) => json!({ "success": true, "data": data }),
         Err(e) => {
-            if matches!(e, AppError::Internal(_) | AppError::Unavailable(_)) {
-                tracing::error!(error = ?e, event, "socket event failed");
+            match &e {
+                AppError::Internal(_) => tracing::error!(error = ?e, event, "socket event failed"),
+                AppError::Unavailable(_) => {
+                    tracing::warn!(error = %e, event, "socket event failed")
+                }
+                _ => {}
             }
             if matches!(e, AppError::RateLimited { .. }) {
                 crate::metrics::rate_limited("socketio");
@@ -227,6 +244,7 @@ fn identity(state: &AppState, socket: &SocketRef, p: &Value) -> AppResult<Princi
         name: payload::str_field(p, &["senderName", "userName", "name"]).map(str::to_owned),
         kind: PrincipalKind::User,
         admin: false,
+        owner: None,
     };
     socket.extensions.insert(principal.clone());
     Ok(principal)

@@ -2,8 +2,9 @@
 
 use axum::{
     extract::{
-        Query, State, WebSocketUpgrade,
-        ws::{Message as Frame, WebSocket},
+        RawQuery, State, WebSocketUpgrade,
+        ws::rejection::WebSocketUpgradeRejection,
+        ws::{CloseFrame, Message as Frame, WebSocket, close_code},
     },
     http::HeaderMap,
     response::{IntoResponse, Response},
@@ -21,6 +22,7 @@ use crate::{
         access::Access,
         events::{Event, EventKind, Origin},
         messages::{self, SendMessage, SendOptions},
+        validate,
     },
     error::{AppError, AppResult},
     state::AppState,
@@ -32,24 +34,34 @@ pub struct WsParams {
     token: Option<String>,
 }
 
-/// Authenticates and checks access before upgrading, so a refusal is a plain HTTP error.
+/// Always upgrades a real WebSocket request, then refuses in-band when it must (contract
+/// §5): an `error` frame with the code, and a close code page code can tell apart (4401
+/// no or bad token, 4403 no access, 4404 unknown session), where a refused HTTP upgrade
+/// would only show the page a bare 1006.
 pub async fn handler(
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(state): State<AppState>,
-    Query(params): Query<WsParams>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    match prepare(&state, params, &headers).await {
-        Ok((principal, access)) => ws
-            .max_message_size(256 * 1024)
-            .on_upgrade(move |socket| session(state, principal, access, socket)),
-        Err(e) => e.into_response(),
-    }
+    let ws = match ws {
+        Ok(ws) => ws.max_message_size(256 * 1024),
+        Err(_) => {
+            return AppError::validation("expected a WebSocket upgrade request").into_response();
+        }
+    };
+    let prepared = prepare(&state, query.as_deref().unwrap_or_default(), &headers).await;
+    ws.on_upgrade(move |socket| async move {
+        match prepared {
+            Ok((principal, access)) => session(state, principal, access, socket).await,
+            Err(e) => refuse(socket, &e).await,
+        }
+    })
 }
 
 async fn prepare(
     state: &AppState,
-    params: WsParams,
+    query: &str,
     headers: &HeaderMap,
 ) -> AppResult<(Principal, Access)> {
     if !state.is_ready() {
@@ -57,6 +69,8 @@ async fn prepare(
             "database not migrated yet"
         )));
     }
+    let params: WsParams = serde_urlencoded::from_str(query)
+        .map_err(|_| AppError::validation("the query string is not valid URL encoding"))?;
     let principal = match params.token {
         Some(t) => state.verifier.verify(&t)?,
         None => state.verifier.verify_bearer(
@@ -65,13 +79,51 @@ async fn prepare(
                 .and_then(|v| v.to_str().ok()),
         )?,
     };
+    crate::core::insights::record_owner_claim(state, &principal).await?;
     let session = params
         .session_id
         .ok_or_else(|| AppError::invalid_field("session_id", "is required"))?;
+    validate::id("session_id", &session)?;
     let conversation_id =
         payload::conversation_ref(state, &json!({ "conversation_id": session })).await?;
     let access = Access::load(&state.db, &principal, conversation_id).await?;
     Ok((principal, access))
+}
+
+/// The close code a refusal or a revocation ends the socket with.
+fn close_code(e: &AppError) -> u16 {
+    match e {
+        AppError::Unauthorized(_) => 4401,
+        AppError::Forbidden(_) => 4403,
+        AppError::NotFound(_) => 4404,
+        AppError::Validation { .. } | AppError::Unprocessable { .. } => 4400,
+        AppError::RateLimited { .. } => 4429,
+        AppError::Unavailable(_) => close_code::AGAIN,
+        _ => close_code::ERROR,
+    }
+}
+
+/// Sends the error frame, then closes with the matching code and a short reason.
+async fn refuse(mut socket: WebSocket, e: &AppError) {
+    let _ = socket.send(error_frame(e)).await;
+    let _ = socket.send(close(close_code(e), &e.to_string())).await;
+    // Give the client a moment to answer the close, so it sees a clean close handshake.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
+fn close(code: u16, reason: &str) -> Frame {
+    // A close reason is at most 123 bytes; cut on a character boundary.
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Frame::Close(Some(CloseFrame {
+        code,
+        reason: reason[..end].to_owned().into(),
+    }))
 }
 
 fn frame(v: &Value) -> Frame {
@@ -133,11 +185,19 @@ async fn session(state: AppState, principal: Principal, access: Access, socket: 
     loop {
         tokio::select! {
             incoming = rx.next() => {
-                let Some(Ok(msg)) = incoming else { break };
+                let msg = match incoming {
+                    Some(Ok(msg)) => msg,
+                    _ => break,
+                };
                 let reply = match msg {
                     Frame::Text(text) => handle_frame(&state, &principal, &access, &session_key, &text).await,
                     Frame::Binary(_) => Some(error_frame(&AppError::validation("binary frames are not supported; send JSON text"))),
-                    Frame::Close(_) => break,
+                    Frame::Close(_) => {
+                        // The library has queued the answering close; flush it, so the
+                        // client sees its own close code (1000) answered, not 1006.
+                        let _ = tx.close().await;
+                        break;
+                    }
                     _ => None,
                 };
                 if let Some(reply) = reply && tx.send(reply).await.is_err() {
@@ -147,6 +207,11 @@ async fn session(state: AppState, principal: Principal, access: Access, socket: 
             event = events.recv() => {
                 match event {
                     Ok(event) if event.conversation_id == access.conversation_id => {
+                        if let Some(end) = revoked(&state, &principal, &event).await {
+                            let _ = tx.send(error_frame(&end)).await;
+                            let _ = tx.send(close(close_code(&end), &end.to_string())).await;
+                            break;
+                        }
                         for f in frames_for(&event, &session_name, &principal.id) {
                             if tx.send(frame(&f)).await.is_err() { break; }
                         }
@@ -161,12 +226,36 @@ async fn session(state: AppState, principal: Principal, access: Access, socket: 
                 }
             }
             _ = state.shutdown.cancelled() => {
-                let _ = tx.send(Frame::Close(None)).await;
+                let _ = tx.send(close(close_code::AWAY, "server shutting down")).await;
                 break;
             }
         }
     }
     crate::metrics::connection_closed("ws");
+}
+
+/// Whether `event` ends this session's access: the principal was removed (and cannot read
+/// the conversation otherwise, e.g. as an admin or an agent's owner), or the conversation
+/// was deleted.
+async fn revoked(state: &AppState, principal: &Principal, event: &Event) -> Option<AppError> {
+    match event.kind {
+        EventKind::ConversationDeleted => Some(AppError::NotFound("conversation")),
+        EventKind::ParticipantLeft
+            if event.data["participant_id"].as_str() == Some(principal.id.as_str()) =>
+        {
+            match Access::load(&state.db, principal, event.conversation_id).await {
+                Ok(_) => None,
+                Err(AppError::NotFound(_)) => Some(AppError::Forbidden(
+                    "you were removed from the conversation".into(),
+                )),
+                // Fail closed: without an answer, the removal stands.
+                Err(_) => Some(AppError::Forbidden(
+                    "you were removed from the conversation".into(),
+                )),
+            }
+        }
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -191,13 +280,16 @@ async fn handle_frame(
     session_key: &str,
     text: &str,
 ) -> Option<Frame> {
-    let parsed: ClientFrame = match serde_json::from_str(text) {
+    let parsed = serde_json::from_str::<Value>(text)
+        .map_err(|e| AppError::validation(format!("invalid frame: {e}")))
+        .and_then(|v| {
+            validate::untrusted_json(&v)?;
+            serde_json::from_value::<ClientFrame>(v)
+                .map_err(|e| AppError::validation(format!("invalid frame: {e}")))
+        });
+    let parsed = match parsed {
         Ok(f) => f,
-        Err(e) => {
-            return Some(error_frame(&AppError::validation(format!(
-                "invalid frame: {e}"
-            ))));
-        }
+        Err(e) => return Some(error_frame(&e)),
     };
     let origin = Origin {
         socket_id: Some(session_key.to_owned()),
@@ -247,6 +339,13 @@ async fn handle_frame(
             }
         }
         "typing" => {
+            // Checked on every frame: a removed participant or a read-only owner may not type.
+            if let Err(e) = Access::load(&state.db, principal, access.conversation_id)
+                .await
+                .and_then(|a| a.require_write())
+            {
+                return Some(error_frame(&e));
+            }
             state.events.publish(Event {
                 kind: EventKind::Typing,
                 conversation_id: access.conversation_id,

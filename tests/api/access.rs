@@ -15,22 +15,39 @@ enum Caller {
     Owner,
     Admin,
     Service,
+    /// Was a participant, then was removed.
+    Removed,
+    /// Owns an agent that takes part in the conversation: read-only.
+    ReadOnlyOwner,
+    /// Tried to register the conversation's members as its own agents.
+    Squatter,
     NoToken,
     Expired,
     WrongSignature,
     AlgNone,
+    NotYetValid,
+    NulInSubject,
+    ControlInSubject,
+    KeyConfusion,
 }
 
-const CALLERS: [Caller; 9] = [
+const CALLERS: [Caller; 16] = [
     Caller::Participant,
     Caller::Stranger,
     Caller::Owner,
     Caller::Admin,
     Caller::Service,
+    Caller::Removed,
+    Caller::ReadOnlyOwner,
+    Caller::Squatter,
     Caller::NoToken,
     Caller::Expired,
     Caller::WrongSignature,
     Caller::AlgNone,
+    Caller::NotYetValid,
+    Caller::NulInSubject,
+    Caller::ControlInSubject,
+    Caller::KeyConfusion,
 ];
 
 fn claims(sub: &str, exp: i64) -> Value {
@@ -68,8 +85,48 @@ pub fn unsigned_token(sub: &str) -> String {
     format!("{header}.{body}.")
 }
 
+/// Signed with the right secret, but with `nbf` an hour ahead.
+pub fn not_yet_valid_token(sub: &str) -> String {
+    encode(
+        &Header::default(),
+        &json!({ "sub": sub, "exp": now() + 7200, "nbf": now() + 3600 }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Correctly signed, with a subject Postgres could not store or a log could be forged with.
+pub fn subject_token(sub: &str) -> String {
+    encode(
+        &Header::default(),
+        &claims(sub, now() + 3600),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// An RS256 header over an HMAC signature: the classic key-confusion attempt.
+pub fn key_confusion_token(sub: &str) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let hs = subject_token(sub);
+    let mut parts = hs.split('.');
+    let _ = parts.next();
+    format!(
+        "{header}.{}.{}",
+        parts.next().unwrap(),
+        parts.next().unwrap()
+    )
+}
+
 fn caller_token(caller: Caller) -> Option<String> {
     match caller {
+        Caller::Removed => Some(token("rita")),
+        Caller::ReadOnlyOwner => Some(token("olivia")),
+        Caller::Squatter => Some(token("sam")),
+        Caller::NotYetValid => Some(not_yet_valid_token("alice")),
+        Caller::NulInSubject => Some(subject_token("ali\u{0}ce")),
+        Caller::ControlInSubject => Some(subject_token("alice\nadmin")),
+        Caller::KeyConfusion => Some(key_confusion_token("alice")),
         Caller::Participant => Some(token("bob")),
         Caller::Stranger => Some(token("mallory")),
         Caller::Owner => Some(token("alice")),
@@ -89,6 +146,8 @@ struct Route {
     body: Option<fn() -> Value>,
     /// participant, stranger, owner, admin, service
     expect: [u16; 5],
+    /// The owner of an agent in the conversation: reads, never writes.
+    readonly_owner: u16,
 }
 
 fn routes() -> Vec<Route> {
@@ -99,6 +158,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}")),
             body: None,
             expect: [200, 404, 200, 200, 200],
+            readonly_owner: 200,
         },
         Route {
             name: "summary",
@@ -106,6 +166,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}/summary")),
             body: None,
             expect: [200, 404, 200, 200, 200],
+            readonly_owner: 200,
         },
         Route {
             name: "analytics",
@@ -113,6 +174,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}/analytics?bucket=hour")),
             body: None,
             expect: [200, 404, 200, 200, 200],
+            readonly_owner: 200,
         },
         Route {
             name: "list conversations",
@@ -120,6 +182,7 @@ fn routes() -> Vec<Route> {
             path: |_, _| api("/conversations"),
             body: None,
             expect: [200, 200, 200, 200, 200],
+            readonly_owner: 200,
         },
         Route {
             name: "update conversation",
@@ -127,6 +190,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}")),
             body: Some(|| json!({"name": "n"})),
             expect: [403, 404, 200, 200, 200],
+            readonly_owner: 403,
         },
         Route {
             name: "delete conversation",
@@ -134,6 +198,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}")),
             body: None,
             expect: [403, 404, 200, 200, 200],
+            readonly_owner: 403,
         },
         Route {
             name: "archive",
@@ -141,6 +206,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}/archive")),
             body: None,
             expect: [403, 404, 200, 200, 200],
+            readonly_owner: 403,
         },
         Route {
             name: "restore",
@@ -148,6 +214,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}/restore")),
             body: None,
             expect: [403, 404, 200, 200, 200],
+            readonly_owner: 403,
         },
         Route {
             name: "pin",
@@ -155,6 +222,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}/pin")),
             body: None,
             expect: [200, 404, 200, 403, 403],
+            readonly_owner: 403,
         },
         Route {
             name: "unpin",
@@ -162,6 +230,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}/unpin")),
             body: None,
             expect: [200, 404, 200, 403, 403],
+            readonly_owner: 403,
         },
         Route {
             name: "list participants",
@@ -169,6 +238,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}/participants")),
             body: None,
             expect: [200, 404, 200, 200, 200],
+            readonly_owner: 200,
         },
         Route {
             name: "add participant",
@@ -176,6 +246,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}/participants")),
             body: Some(|| json!({"participant_id": "zed"})),
             expect: [403, 404, 201, 201, 201],
+            readonly_owner: 403,
         },
         Route {
             name: "remove participant bob",
@@ -183,6 +254,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/conversations/{c}/participants/bob")),
             body: None,
             expect: [200, 404, 200, 200, 200],
+            readonly_owner: 403,
         },
         Route {
             name: "history",
@@ -190,6 +262,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/messages/conversations/{c}")),
             body: None,
             expect: [200, 404, 200, 200, 200],
+            readonly_owner: 200,
         },
         Route {
             name: "send",
@@ -197,6 +270,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/messages/conversations/{c}")),
             body: Some(|| json!({"text": "hi"})),
             expect: [201, 404, 201, 201, 201],
+            readonly_owner: 403,
         },
         Route {
             name: "mark read",
@@ -204,6 +278,7 @@ fn routes() -> Vec<Route> {
             path: |c, _| api(&format!("/messages/conversations/{c}/mark-read")),
             body: Some(|| json!({})),
             expect: [200, 404, 200, 403, 403],
+            readonly_owner: 403,
         },
         Route {
             name: "get message",
@@ -211,6 +286,7 @@ fn routes() -> Vec<Route> {
             path: |_, m| api(&format!("/messages/{m}")),
             body: None,
             expect: [200, 404, 200, 200, 200],
+            readonly_owner: 200,
         },
         Route {
             name: "edit message",
@@ -218,6 +294,7 @@ fn routes() -> Vec<Route> {
             path: |_, m| api(&format!("/messages/{m}")),
             body: Some(|| json!({"text": "edited"})),
             expect: [403, 404, 200, 403, 200],
+            readonly_owner: 403,
         },
         Route {
             name: "delete message",
@@ -225,6 +302,7 @@ fn routes() -> Vec<Route> {
             path: |_, m| api(&format!("/messages/{m}")),
             body: None,
             expect: [403, 404, 200, 200, 200],
+            readonly_owner: 403,
         },
         Route {
             name: "react",
@@ -232,19 +310,60 @@ fn routes() -> Vec<Route> {
             path: |_, m| api(&format!("/messages/{m}/reactions")),
             body: Some(|| json!({"emoji": "🎉"})),
             expect: [201, 404, 201, 201, 201],
+            readonly_owner: 403,
         },
     ]
 }
 
 async fn fixture(app: &TestApp) -> (String, String) {
-    let c = app.conversation("alice", &["bob"]).await;
+    let (status, body) = app
+        .post(
+            &api("/conversations"),
+            &token("alice"),
+            json!({ "name": "matrix", "participants": ["bob", "rita",
+                { "participant_id": "helper-bot", "participant_type": "agent" }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let c = body["conversation_id"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .request(
+            Method::DELETE,
+            &api(&format!("/conversations/{c}/participants/rita")),
+            Some(&token("alice")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let m = app.send("alice", &c, "owner's message").await;
     (c, m["id"].as_str().unwrap().to_owned())
 }
 
+/// Who owns which agent: olivia owns helper-bot (granted by an admin); sam's attempts to
+/// claim the members' ids are refused.
+async fn owners(app: &TestApp) {
+    let admin = token_of("root", PrincipalKind::User, true);
+    let (status, body) = app
+        .post(
+            &api("/agents"),
+            &admin,
+            json!({ "agent_id": "helper-bot", "owner_id": "olivia" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for id in ["alice", "bob", "helper-bot", "not-yet-used"] {
+        let (status, body) = app
+            .post(&api("/agents"), &token("sam"), json!({ "agent_id": id }))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "sam claiming {id}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn every_route_answers_each_kind_of_caller_as_documented() {
-    let app = spawn_app().await;
+    // Hundreds of calls per principal: the limiter is tested elsewhere.
+    let app = crate::helpers::spawn_app_with(|c| c.rate_limit_per_minute = 1_000_000).await;
+    owners(&app).await;
     let mut failures = vec![];
     for route in routes() {
         for (i, caller) in CALLERS.iter().enumerate() {
@@ -258,7 +377,13 @@ async fn every_route_answers_each_kind_of_caller_as_documented() {
                     route.body.map(|b| b()),
                 )
                 .await;
-            let expected = if i < 5 { route.expect[i] } else { 401 };
+            let expected = match i {
+                0..5 => route.expect[i],
+                // A removed participant and a squatter are strangers now.
+                5 | 7 => route.expect[1],
+                6 => route.readonly_owner,
+                _ => 401,
+            };
             if status.as_u16() != expected {
                 failures.push(format!(
                     "{} as {caller:?}: expected {expected}, got {status} {body}",

@@ -279,7 +279,7 @@ async fn bad_input_gets_a_4xx_with_a_code_and_stores_nothing() {
             Method::POST,
             api(&format!("/messages/conversations/{c}/mark-read")),
             Some(r#"{"up_to_seq": "ten"}"#.into()),
-            400,
+            422,
             "VALIDATION_ERROR",
         ),
         (

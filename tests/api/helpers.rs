@@ -114,6 +114,7 @@ pub fn token_of(sub: &str, kind: PrincipalKind, admin: bool) -> String {
             admin,
             issuer: None,
             audience: None,
+            owner: None,
         },
     )
     .expect("mint token")
@@ -124,6 +125,19 @@ pub fn api(path: &str) -> String {
 }
 
 impl TestApp {
+    /// A handle on a server running elsewhere (a child process) over `database_url`.
+    pub fn external(addr: SocketAddr, database_url: &str) -> TestApp {
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            db: PgPool::connect_lazy(database_url).expect("database url"),
+            database_url: database_url.to_owned(),
+            shutdown: CancellationToken::new(),
+            task: None,
+        }
+    }
+
     pub async fn request(
         &self,
         method: Method,

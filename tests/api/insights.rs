@@ -3,7 +3,9 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{api, spawn_app, token};
+use colloquy::auth::PrincipalKind;
+
+use crate::helpers::{api, spawn_app, token, token_of};
 
 #[tokio::test]
 async fn search_ranks_hits_from_readable_conversations_and_skips_deleted_ones() {
@@ -109,19 +111,21 @@ async fn the_inbox_sums_unread_counts_across_conversations() {
 #[tokio::test]
 async fn agent_owners_read_their_agents_conversations_but_cannot_write() {
     let app = spawn_app().await;
-    let (s, _) = app
+    // The agent itself names its owner (contract §3); a user cannot claim it.
+    let helper = token_of("helper", PrincipalKind::Agent, false);
+    let (s, body) = app
         .post(
             &api("/agents"),
-            &token("owner"),
-            json!({"agent_id": "helper", "name": "Helper"}),
+            &helper,
+            json!({"agent_id": "helper", "name": "Helper", "owner_id": "owner"}),
         )
         .await;
-    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(s, StatusCode::CREATED, "{body}");
     let (s, _) = app
         .post(
             &api("/agents"),
-            &token("owner"),
-            json!({"agent_id": "helper"}),
+            &helper,
+            json!({"agent_id": "helper", "owner_id": "owner"}),
         )
         .await;
     assert_eq!(s, StatusCode::OK);
@@ -134,10 +138,17 @@ async fn agent_owners_read_their_agents_conversations_but_cannot_write() {
         .await;
     assert_eq!(
         (s, body["code"].as_str()),
-        (StatusCode::CONFLICT, Some("AGENT_TAKEN"))
+        (StatusCode::FORBIDDEN, Some("FORBIDDEN"))
     );
 
-    let c = app.conversation("customer", &["helper"]).await;
+    let (_, made) = app
+        .post(
+            &api("/conversations"),
+            &token("customer"),
+            json!({"participants": [{"participant_id": "helper", "participant_type": "agent"}]}),
+        )
+        .await;
+    let c = made["conversation_id"].as_str().expect("id").to_owned();
     app.conversation("customer", &[]).await;
     app.send("customer", &c, "help me").await;
 

@@ -69,7 +69,7 @@ async fn adding_a_participant_validates_its_fields() {
         json!({"participant_id": "a", "participant_type": "robot"}),
         json!({"participant_id": "a", "role": "king"}),
         json!({"participant_id": 5}),
-        json!({"participant_id": "a", "surprise": true}),
+        json!({"participant_id": "a\u{0}"}),
     ] {
         let (s, body) = app.post(&path, &token("alice"), bad.clone()).await;
         assert!(
@@ -78,4 +78,13 @@ async fn adding_a_participant_validates_its_fields() {
         );
         assert_eq!(body["code"], "VALIDATION_ERROR", "{bad}");
     }
+    // Unknown fields are ignored, never rejected (contract §3).
+    let (s, body) = app
+        .post(
+            &path,
+            &token("alice"),
+            json!({"participant_id": "a", "surprise": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
 }

@@ -380,14 +380,15 @@ async fn ws_sends_reach_socket_members_and_ws_reports_errors_as_frames() {
         "still here"
     );
 
-    assert_eq!(Ws::connect(&app, &cid, "bad").await.err(), Some(401));
+    // Refusals are in-band (contract §5): an error frame, then 4401/4404.
+    assert_eq!(Ws::connect(&app, &cid, "bad").await.err(), Some(4401));
     assert_eq!(
         Ws::connect(&app, &cid, &token("mallory")).await.err(),
-        Some(404)
+        Some(4404)
     );
     assert_eq!(
         Ws::connect(&app, "no-such-room", &token("bob")).await.err(),
-        Some(404)
+        Some(4404)
     );
 }
 

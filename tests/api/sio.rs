@@ -163,16 +163,88 @@ impl Sio {
 #[derive(Debug)]
 pub struct Ws {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames read ahead (the first `status`), served before the socket's.
+    pending: VecDeque<Value>,
 }
 
 impl Ws {
+    /// Connects; a refusal (an `error` frame, then a close) is `Err(close code)`.
     pub async fn connect(app: &TestApp, session: &str, token: &str) -> Result<Ws, u16> {
         let url = format!("ws://{}/ws?session_id={session}&token={token}", app.addr);
-        match connect_async(url).await {
-            Ok((ws, _)) => Ok(Ws { ws }),
-            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Self::connect_url(&url).await.map_err(|(code, _)| code)
+    }
+
+    /// Connects to a full URL; a refusal is `Err((close code, the error frame))`.
+    pub async fn connect_url(url: &str) -> Result<Ws, (u16, Value)> {
+        let (ws, _) = match connect_async(url).await {
+            Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                return Err((r.status().as_u16(), Value::Null));
+            }
             Err(e) => panic!("{e}"),
+        };
+        let mut ws = Ws {
+            ws,
+            pending: VecDeque::new(),
+        };
+        let first = ws.next_any(5000).await.expect("a first frame");
+        if first["type"] == "error" {
+            let (code, _) = ws
+                .closed(5000)
+                .await
+                .expect("a close after the error frame");
+            return Err((code, first));
         }
+        ws.pending.push_back(first);
+        Ok(ws)
+    }
+
+    async fn next_any(&mut self, ms: u64) -> Option<Value> {
+        if let Some(v) = self.pending.pop_front() {
+            return Some(v);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Some(serde_json::from_str(&t).expect("json frame"));
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits for the server's close frame: `(code, reason)`; 1006 when the connection
+    /// ended without one.
+    pub async fn closed(&mut self, ms: u64) -> Option<(u16, String)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    return Some((u16::from(f.code), f.reason.to_string()));
+                }
+                Ok(Some(Ok(Message::Close(None)))) => return Some((1005, String::new())),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_))) | Ok(None) => return Some((1006, String::new())),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Closes with 1000 and returns the code the server answered with.
+    pub async fn close_normally(&mut self) -> Option<(u16, String)> {
+        use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+        self.ws
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            })))
+            .await
+            .ok()?;
+        self.closed(5000).await
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -188,6 +260,9 @@ impl Ws {
 
     /// The next frame of `kind` within `ms`.
     pub async fn next(&mut self, kind: &str, ms: u64) -> Option<Value> {
+        if let Some(pos) = self.pending.iter().position(|v| v["type"] == kind) {
+            return self.pending.remove(pos);
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
