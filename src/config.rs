@@ -161,7 +161,8 @@ impl Config {
     /// The explicit origin list, or `None` when any origin is allowed (`*` or empty).
     pub fn allowed_origins(&self) -> Option<Vec<&str>> {
         let origins = self.cors_allowed_origins.trim();
-        if origins == "*" || origins.is_empty() {
+        // `*` anywhere in the list means any origin (and then no credentials).
+        if origins.is_empty() || origins.split(',').any(|o| o.trim() == "*") {
             return None;
         }
         Some(

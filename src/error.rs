@@ -173,6 +173,20 @@ impl From<sqlx::Error> for AppError {
             sqlx::Error::Database(db) => {
                 // Connection-level failures (admin shutdown, too many connections, …).
                 let class = db.code().map(|c| c.chars().take(2).collect::<String>());
+                match db.code().as_deref() {
+                    // A row this request refers to was deleted meanwhile (a conversation
+                    // deleted while someone reacts or adds participants).
+                    Some("23503") => return Self::NotFound("resource"),
+                    // Concurrent writers: the caller may simply retry.
+                    Some("40P01" | "40001") => return Self::Unavailable(e.into()),
+                    Some("23505") => {
+                        return Self::Conflict {
+                            code: "CONFLICT",
+                            message: "a concurrent request changed this resource; retry".into(),
+                        };
+                    }
+                    _ => {}
+                }
                 match class.as_deref() {
                     Some("08" | "53" | "57") => Self::Unavailable(e.into()),
                     // Data exceptions (a value out of range, an untranslatable character):

@@ -31,6 +31,10 @@ use crate::{
     state::AppState,
 };
 
+/// Typing indicators a principal may send per minute (a keystroke-debounced client sends
+/// one every few seconds).
+pub const TYPING_PER_MINUTE: u32 = 60;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct Server {
@@ -141,6 +145,7 @@ impl Server {
             summariser,
             db: db.clone(),
             limiter: Arc::new(RateLimiter::per_minute(config.rate_limit_per_minute)),
+            typing_limiter: Arc::new(RateLimiter::per_minute(TYPING_PER_MINUTE)),
             config: Arc::new(config),
             verifier: Arc::new(verifier),
             events: Events::new(),
@@ -155,12 +160,16 @@ impl Server {
             state.shutdown.clone(),
         )));
         let limiter = state.limiter.clone();
+        let typing_limiter = state.typing_limiter.clone();
         let shutdown = state.shutdown.clone();
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => limiter.housekeep(),
+                    _ = tick.tick() => {
+                        limiter.housekeep();
+                        typing_limiter.housekeep();
+                    }
                     _ = shutdown.cancelled() => return,
                 }
             }

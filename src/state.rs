@@ -14,6 +14,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub verifier: Arc<Verifier>,
     pub limiter: Arc<RateLimiter>,
+    /// Typing indicators per principal (not stored, but each one fans out to every member).
+    pub typing_limiter: Arc<RateLimiter>,
     pub events: Events,
     /// Cancelled when shutdown starts; readiness turns false at once.
     pub shutdown: CancellationToken,

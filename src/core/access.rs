@@ -40,6 +40,32 @@ struct Row {
     agent_owned: bool,
 }
 
+/// Which of `ids` may still read the conversation as a participant or as the owner of an
+/// agent taking part in it (admins and services are not asked: they read everything).
+pub async fn readers_among(
+    db: impl PgExecutor<'_>,
+    conversation_id: Uuid,
+    ids: &[String],
+) -> AppResult<std::collections::HashSet<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        r#"
+        SELECT pid FROM unnest($2::text[]) AS pid
+        WHERE EXISTS (SELECT 1 FROM participants p
+                      WHERE p.conversation_id = $1 AND p.participant_id = pid)
+           OR EXISTS (SELECT 1 FROM agents a
+                      JOIN participants ap
+                        ON ap.conversation_id = $1 AND ap.participant_id = a.agent_id
+                       AND ap.participant_type = 'agent'
+                      WHERE a.owner_id = pid)
+        "#,
+    )
+    .bind(conversation_id)
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 impl Access {
     /// Loads the caller's access; a conversation the caller may not read is `NotFound`,
     /// so its existence does not leak.

@@ -251,7 +251,7 @@ pub async fn create(
         return Err(AppError::invalid_field(
             "participants",
             format!(
-                "at most {} participants at creation; add more with POST /conversations/{{id}}/participants/batch",
+                "at most {} participants at creation; add more in batches with POST /conversations/{{id}}/participants {{\"participants\": [...]}}",
                 super::participants::MAX_BATCH
             ),
         ));
@@ -301,6 +301,9 @@ pub async fn create(
         // Get-or-create: the platform id (or the client's chosen id, on a retry) is taken;
         // hand back the existing conversation to whoever may read it.
         tx.rollback().await?;
+        if input.conversation_id.is_some() {
+            return retried_create(state, principal, id, &creator_id, platform, &pcid).await;
+        }
         let existing: Option<(Uuid,)> = sqlx::query_as(
             r#"
             SELECT id FROM conversations
@@ -367,6 +370,44 @@ pub async fn create(
     Ok(Created {
         conversation,
         is_new: true,
+    })
+}
+
+/// A create naming its own `conversation_id` that did not insert: only the same creator
+/// retrying the same (id, platform, platform id) gets the conversation back (200). Any
+/// other collision — the id, or the platform id it implies, already used by another
+/// conversation — is a 409 whoever asks, so a client-chosen id can neither be hijacked
+/// (an attacker creating it first, or squatting its default platform id) nor tell a
+/// stranger more than "taken".
+async fn retried_create(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+    creator_id: &str,
+    platform: &str,
+    pcid: &str,
+) -> AppResult<Created> {
+    let same: Option<(bool,)> = sqlx::query_as(
+        r#"
+        SELECT created_by = $2 AND platform = $3 AND platform_conversation_id = $4
+        FROM conversations WHERE id = $1
+        "#,
+    )
+    .bind(id)
+    .bind(creator_id)
+    .bind(platform)
+    .bind(pcid)
+    .fetch_optional(&state.db)
+    .await?;
+    if same != Some((true,)) {
+        return Err(AppError::Conflict {
+            code: "CONVERSATION_ID_TAKEN",
+            message: "conversation_id (or the platform_conversation_id it implies) is already used by another conversation".into(),
+        });
+    }
+    Ok(Created {
+        conversation: get(state, principal, id).await?,
+        is_new: false,
     })
 }
 

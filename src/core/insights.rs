@@ -260,8 +260,9 @@ async fn upsert_owner(
     Ok((row.agent, row.is_new))
 }
 
-/// Records an agent token's signed `owner` claim (contract §2) the first time this process
-/// sees the pair; later calls cost a map lookup.
+/// Records an agent token's signed `owner` claim (contract §2) when no ownership is
+/// recorded yet; this process checks each (agent, owner) pair once, later calls cost a map
+/// lookup.
 pub async fn record_owner_claim(state: &AppState, principal: &Principal) -> AppResult<()> {
     let Some(owner) = principal.owner.as_deref() else {
         return Ok(());
@@ -269,7 +270,17 @@ pub async fn record_owner_claim(state: &AppState, principal: &Principal) -> AppR
     if owner == principal.id || state.owner_claims.seen(&principal.id, owner) {
         return Ok(());
     }
-    upsert_owner(&state.db, &principal.id, owner, principal.name.as_deref()).await?;
+    // Recorded when the agent first shows up; an ownership granted explicitly (POST
+    // /agents by an admin, a service or the agent) is never overwritten by a claim.
+    sqlx::query(
+        "INSERT INTO agents (agent_id, owner_id, name) VALUES ($1, $2, $3)
+         ON CONFLICT (agent_id) DO NOTHING",
+    )
+    .bind(&principal.id)
+    .bind(owner)
+    .bind(principal.name.as_deref())
+    .execute(&state.db)
+    .await?;
     state.owner_claims.remember(&principal.id, owner);
     Ok(())
 }

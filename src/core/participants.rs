@@ -161,6 +161,22 @@ pub async fn add(
 /// batches of this size.
 pub const MAX_BATCH: usize = 500;
 
+/// `POST /participants` takes one participant, or `{participants: [...]}` for a batch.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum AddRequest {
+    Many(AddParticipants),
+    One(NewParticipant),
+}
+
+/// One participant (`201` added, `200` already in), or a batch's outcome.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AddOutcome {
+    One(Participant),
+    Many(AddedBatch),
+}
+
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct AddParticipants {
     /// 1 to 500 participants; ids already in the conversation are left as they are.
@@ -194,26 +210,23 @@ pub async fn add_many(
     }
     let access = Access::load(&state.db, principal, id).await?;
     access.require_manage("add participants")?;
-    let ids: Vec<&str> = input
-        .participants
-        .iter()
-        .map(|p| p.participant_id.as_str())
-        .collect();
-    let types: Vec<Option<&str>> = input
-        .participants
+    // One row per id (the first mention wins), in id order: two overlapping batches then
+    // take their row locks in the same order and cannot deadlock.
+    let mut unique: Vec<&NewParticipant> = Vec::with_capacity(input.participants.len());
+    let mut seen = std::collections::HashSet::new();
+    for p in &input.participants {
+        if seen.insert(p.participant_id.as_str()) {
+            unique.push(p);
+        }
+    }
+    unique.sort_by(|a, b| a.participant_id.cmp(&b.participant_id));
+    let ids: Vec<&str> = unique.iter().map(|p| p.participant_id.as_str()).collect();
+    let types: Vec<Option<&str>> = unique
         .iter()
         .map(|p| p.participant_type.as_deref())
         .collect();
-    let roles: Vec<Option<&str>> = input
-        .participants
-        .iter()
-        .map(|p| p.role.as_deref())
-        .collect();
-    let names: Vec<Option<&str>> = input
-        .participants
-        .iter()
-        .map(|p| p.display_name.as_deref())
-        .collect();
+    let roles: Vec<Option<&str>> = unique.iter().map(|p| p.role.as_deref()).collect();
+    let names: Vec<Option<&str>> = unique.iter().map(|p| p.display_name.as_deref()).collect();
     let added: Vec<Participant> = sqlx::query_as(
         r#"
         INSERT INTO participants (conversation_id, participant_id, participant_type, role, display_name)
@@ -239,9 +252,8 @@ pub async fn add_many(
             origin: Default::default(),
         });
     }
-    let distinct: std::collections::HashSet<&str> = ids.iter().copied().collect();
     Ok(AddedBatch {
-        already_present: distinct.len().saturating_sub(added.len()),
+        already_present: ids.len().saturating_sub(added.len()),
         added,
     })
 }
@@ -257,16 +269,25 @@ pub async fn remove(
     if participant_id != principal.id {
         access.require_manage("remove other participants")?;
     }
+    // Sends lock the conversation row before their statement takes its snapshot; taking
+    // the same lock here orders a removal against in-flight sends: a send either commits
+    // before it (while the sender was a participant) or sees the removal and is refused.
+    let mut tx = state.db.begin().await?;
+    sqlx::query("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     let removed =
         sqlx::query("DELETE FROM participants WHERE conversation_id = $1 AND participant_id = $2")
             .bind(id)
             .bind(participant_id)
-            .execute(&state.db)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
     if removed == 0 {
         return Err(AppError::NotFound("participant"));
     }
+    tx.commit().await?;
     state.events.publish(Event {
         kind: EventKind::ParticipantLeft,
         conversation_id: id,

@@ -54,6 +54,19 @@ pub async fn add(
         });
     }
     let mut tx = state.db.begin().await?;
+    // Holding the message row until commit orders this against a concurrent delete: the
+    // delete either erased the reactions after this one, or this sees the tombstone.
+    let live: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM messages WHERE id = $1 AND deleted_at IS NULL FOR SHARE")
+            .bind(message_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if live.is_none() {
+        return Err(AppError::Conflict {
+            code: "MESSAGE_DELETED",
+            message: "a deleted message cannot be reacted to".into(),
+        });
+    }
     let inserted = sqlx::query(
         "INSERT INTO reactions (message_id, principal_id, emoji) VALUES ($1, $2, $3)
          ON CONFLICT DO NOTHING",

@@ -72,9 +72,9 @@ pub fn no_nul(field: &str, value: &str) -> AppResult<()> {
 }
 
 /// Every client JSON document (REST bodies, socket payloads, `/ws` frames) passes here
-/// before it is read: no NUL in any string or key, bounded nesting. Numbers need no check:
-/// every finite double is stored exactly as decimal by `jsonb` and parsed back to the same
-/// double (serde_json's `float_roundtrip`), and non-finite ones are not valid JSON.
+/// before it is read: no NUL in any string or key, bounded nesting. Numbers are checked on
+/// the raw text by [`exact_numbers`], where the transport has it; a double stored as
+/// `jsonb` decimal parses back to the same double (serde_json's `float_roundtrip`).
 pub fn untrusted_json(value: &Value) -> AppResult<()> {
     fn walk(v: &Value, path: &mut String, depth: usize) -> AppResult<()> {
         if depth > MAX_JSON_DEPTH {
@@ -117,6 +117,91 @@ pub fn untrusted_json(value: &Value) -> AppResult<()> {
         }
     }
     walk(value, &mut String::new(), 0)
+}
+
+/// Every number in a JSON text must be stored and read back exactly (contract §3): an
+/// integer literal must fit in 64 bits, and any other number must be exactly the decimal
+/// of the double it parses to — `0.1` and `1.5e300` are, `0.10000000000000000001`,
+/// `12345678901234567890123` and `1e-400` (which would come back as something else) are
+/// not. `json` must already be known to be valid JSON.
+pub fn exact_numbers(json: &str) -> AppResult<()> {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                exact_number(&json[start..i])?;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+fn exact_number(token: &str) -> AppResult<()> {
+    let refuse = |problem: &str| {
+        Err(AppError::Validation {
+            message: format!("number {token}: {problem}"),
+            details: Some(serde_json::json!({ "number": token, "problem": problem })),
+        })
+    };
+    if !token.contains(['.', 'e', 'E']) {
+        if token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok() {
+            return Ok(());
+        }
+        return refuse("integers must fit in 64 bits (send larger ones as strings)");
+    }
+    let Ok(parsed) = token.parse::<f64>() else {
+        return refuse("is not a number");
+    };
+    if !parsed.is_finite() {
+        return refuse("is out of the range of a 64-bit float");
+    }
+    if decimal(token) != decimal(&format!("{parsed:e}")) {
+        return refuse(
+            "has more precision than a 64-bit float keeps (send it as a string to keep every digit)",
+        );
+    }
+    Ok(())
+}
+
+/// A decimal as (negative, significant digits, power of ten), zero as (false, "", 0).
+fn decimal(text: &str) -> (bool, String, i64) {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match rest.split_once(['e', 'E']) {
+        Some((m, e)) => (
+            m,
+            e.trim_start_matches('+').parse::<i64>().unwrap_or(i64::MAX),
+        ),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let mut power = exponent.saturating_sub(frac.len() as i64);
+    let digits = digits.trim_start_matches('0');
+    let trimmed = digits.trim_end_matches('0');
+    power = power.saturating_add((digits.len() - trimmed.len()) as i64);
+    if trimmed.is_empty() {
+        return (false, String::new(), 0);
+    }
+    (negative, trimmed.to_owned(), power)
 }
 
 /// Timestamps a client names must lie where Postgres and every client can represent
@@ -342,6 +427,43 @@ mod tests {
             let back: f64 = serde_json::from_str(&stored).expect("parses back");
             assert_eq!(back, x, "{sent} stored as {stored}");
         }
+    }
+
+    #[test]
+    fn numbers_must_read_back_exactly() {
+        for ok in [
+            "1",
+            "-1",
+            "0",
+            "-0",
+            "0.0",
+            "1.50",
+            "1e2",
+            "1E+2",
+            "0.1",
+            "1.7976931348623157e308",
+            "-1.7976931348623157e308",
+            "5e-324",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "123.456e-7",
+            "2210627553.0",
+        ] {
+            assert!(exact_numbers(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "12345678901234567890123",
+            "18446744073709551616",
+            "0.10000000000000000001",
+            "1e-400",
+            "1.00000000000000000001e5",
+            "-9223372036854775809",
+        ] {
+            assert!(exact_numbers(bad).is_err(), "{bad}");
+        }
+        let doc = r#"{"a":"12345678901234567890123 in a string","b":[1,2.5,{"c":"\\\"9e999"}]}"#;
+        assert!(exact_numbers(doc).is_ok());
+        assert!(exact_numbers(r#"{"a":"x","n":0.10000000000000000001}"#).is_err());
     }
 
     #[test]

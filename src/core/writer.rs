@@ -196,11 +196,20 @@ async fn store<'e>(
             FROM numbered
             ORDER BY conv, seq
             RETURNING *
-        ), p AS (
+        ), horizon AS (
+            -- Participants' own sends move their read horizon. Only an update: a send
+            -- racing the sender's removal must never insert them back.
+            UPDATE participants SET last_read_seq = greatest(participants.last_read_seq, n.seq)
+            FROM (SELECT DISTINCT ON (conv, sender_id) conv, sender_id, seq
+                  FROM numbered WHERE NOT privileged
+                  ORDER BY conv, sender_id, seq DESC) n
+            WHERE participants.conversation_id = n.conv AND participants.participant_id = n.sender_id
+        ), joined AS (
+            -- A service (or admin) sending for someone makes that sender a participant.
             INSERT INTO participants
                 (conversation_id, participant_id, participant_type, display_name, last_read_seq)
             SELECT DISTINCT ON (conv, sender_id) conv, sender_id, sender_type, sender_name, seq
-            FROM numbered
+            FROM numbered WHERE privileged
             ORDER BY conv, sender_id, seq DESC
             ON CONFLICT (conversation_id, participant_id)
             DO UPDATE SET last_read_seq = greatest(participants.last_read_seq, excluded.last_read_seq)

@@ -68,6 +68,9 @@ pub struct CreatedEnvelope {
         (status = 200, description = "existing conversation returned", body = CreatedEnvelope),
         (status = 403, description = "FORBIDDEN: the platform id belongs to a conversation you are \
             not in, or `creator_id` names someone else and you are not a service or admin",
+            body = ErrorBody),
+        (status = 409, description = "CONVERSATION_ID_TAKEN: `conversation_id`, or the platform id it \
+            implies, belongs to another conversation (a retry by the same creator returns 200)",
             body = ErrorBody)),
     security(("bearer" = [])))]
 async fn create(

@@ -86,12 +86,12 @@ async fn unread(State(state): State<AppState>, Auth(principal): Auth) -> ApiResu
     ok(StatusCode::OK, insights::unread(&state, &principal).await?)
 }
 
-/// Register an agent id owned by the caller: 201 new, 200 already yours, 409 someone else's.
+/// Record who owns an agent: 201 new, 200 updated. Only a party controlling the agent id
+/// may: an admin or a service (any `owner_id`), or the agent itself (its own token).
 #[utoipa::path(post, path = "/api/v1/communication/agents", tag = "intelligence",
     request_body = RegisterAgent,
     responses((status = 201, body = inline(Envelope<Agent>)), (status = 200, body = inline(Envelope<Agent>)),
-        (status = 403, description = "FORBIDDEN: you may not register this agent id", body = ErrorBody),
-        (status = 409, description = "AGENT_TAKEN: registered by someone else", body = ErrorBody)),
+        (status = 403, description = "FORBIDDEN: only the agent itself, an admin or a service may grant ownership of this id", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn register_agent(
     State(state): State<AppState>,

@@ -103,6 +103,8 @@ where
                 })),
             })?;
         crate::core::validate::untrusted_json(&value)?;
+        // Valid JSON is valid UTF-8.
+        crate::core::validate::exact_numbers(std::str::from_utf8(&bytes).unwrap_or_default())?;
         serde_path_to_error::deserialize(value)
             .map(Json)
             .map_err(|e| {
@@ -113,6 +115,13 @@ where
                     field
                 };
                 let problem = e.inner().to_string();
+                // serde's wording for a value that fits none of several shapes names our
+                // Rust types; say it in the API's terms.
+                let problem = if problem.contains("did not match any variant") {
+                    "does not have any accepted shape (see the API reference)".to_owned()
+                } else {
+                    problem
+                };
                 AppError::Unprocessable {
                     message: format!("{field}: {problem}"),
                     details: Some(serde_json::json!({ "field": field, "problem": problem })),

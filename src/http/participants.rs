@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{ApiResult, Auth, Envelope, Json, Path, ok, ok_with};
 use crate::{
-    core::participants::{self, AddParticipants, AddedBatch, NewParticipant, Participant},
+    core::participants::{self, AddOutcome, AddRequest, Participant},
     error::ErrorBody,
     state::AppState,
 };
@@ -15,8 +15,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     super::openapi::documented(
         OpenApiRouter::new()
             .routes(routes!(list, add))
-            .routes(routes!(remove))
-            .routes(routes!(add_batch)),
+            .routes(routes!(remove)),
     )
 }
 
@@ -36,23 +35,34 @@ async fn list(
     )
 }
 
-/// Add a participant (owner, admin, service): 201 new, 200 already in.
+/// Add a participant (owner, admin, service): 201 new, 200 already in. Or a batch:
+/// `{participants: [...]}` (1–500; ids already in are left as they are) answers 200 with
+/// `{added, already_present}`; larger conversations grow batch by batch.
 #[utoipa::path(post, path = "/api/v1/communication/conversations/{id}/participants", tag = "participants",
-    params(("id" = Uuid, Path)), request_body = NewParticipant,
-    responses((status = 201, body = inline(Envelope<Participant>)), (status = 200, body = inline(Envelope<Participant>)),
+    params(("id" = Uuid, Path)), request_body = AddRequest,
+    responses((status = 201, body = inline(Envelope<Participant>)), (status = 200, body = inline(Envelope<AddOutcome>)),
         (status = 403, description = "FORBIDDEN: only the owner, an admin or a service may add participants", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn add(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<Uuid>,
-    Json(input): Json<NewParticipant>,
-) -> ApiResult<Participant> {
-    let added = participants::add(&state, &principal, id, input).await?;
-    if added.is_new {
-        ok_with(StatusCode::CREATED, added.participant, "participant added")
-    } else {
-        ok_with(StatusCode::OK, added.participant, "already a participant")
+    Json(input): Json<AddRequest>,
+) -> ApiResult<AddOutcome> {
+    match input {
+        AddRequest::One(one) => {
+            let added = participants::add(&state, &principal, id, one).await?;
+            let (status, message) = if added.is_new {
+                (StatusCode::CREATED, "participant added")
+            } else {
+                (StatusCode::OK, "already a participant")
+            };
+            ok_with(status, AddOutcome::One(added.participant), message)
+        }
+        AddRequest::Many(many) => ok(
+            StatusCode::OK,
+            AddOutcome::Many(participants::add_many(&state, &principal, id, many).await?),
+        ),
     }
 }
 
@@ -72,25 +82,5 @@ async fn remove(
         StatusCode::OK,
         serde_json::json!({ "conversation_id": id, "participant_id": participant_id }),
         "participant removed",
-    )
-}
-
-/// Add up to 500 participants at once (owner, admin, service); repeat for larger
-/// conversations (at least 10,000 participants are supported).
-#[utoipa::path(post, path = "/api/v1/communication/conversations/{id}/participants/batch", tag = "participants",
-    params(("id" = Uuid, Path)), request_body = AddParticipants,
-    responses((status = 200, body = inline(Envelope<AddedBatch>)),
-        (status = 403, description = "FORBIDDEN: only the owner, an admin or a service may add participants", body = ErrorBody),
-        (status = 404, description = "NOT_FOUND: no such conversation, or not yours to see", body = ErrorBody)),
-    security(("bearer" = [])))]
-async fn add_batch(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(id): Path<Uuid>,
-    Json(input): Json<AddParticipants>,
-) -> ApiResult<AddedBatch> {
-    ok(
-        StatusCode::OK,
-        participants::add_many(&state, &principal, id, input).await?,
     )
 }

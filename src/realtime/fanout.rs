@@ -10,11 +10,11 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{payload, principal_room, room, socket_room};
+use super::{payload, room, socket_room};
 use crate::{
     auth::Principal,
     core::{
-        access::Access,
+        access,
         events::{Event, EventKind},
     },
     state::AppState,
@@ -58,30 +58,38 @@ pub fn socket_events(event: &Event) -> Vec<(&'static str, Value, bool)> {
     }
 }
 
-/// A removed participant's sockets leave the room at once (contract §3), unless the
-/// principal still may read the conversation (an admin, a service, an agent's owner).
+/// After a removal, every socket in the conversation's room whose principal can no longer
+/// read it leaves the room at once (contract §3): the removed participant, and the owners
+/// of an agent that was the reason they could read. Admins and services keep reading.
 async fn revoke(state: &AppState, io: &SocketIo, namespaces: &[String], event: &Event) {
-    let Some(participant) = event.data["participant_id"].as_str() else {
-        return;
-    };
     let target = room(event.conversation_id);
     for ns in namespaces {
         let Some(op) = io.of(ns.as_str()) else {
             continue;
         };
-        let sockets = op.within(principal_room(participant)).sockets();
-        let Some(principal) = sockets.iter().find_map(|s| s.extensions.get::<Principal>()) else {
-            continue;
-        };
-        // Fail closed: without an answer, the removal stands.
-        if Access::load(&state.db, &principal, event.conversation_id)
-            .await
-            .is_ok()
-        {
+        let sockets: Vec<_> = op
+            .within(target.clone())
+            .sockets()
+            .into_iter()
+            .filter_map(|s| {
+                let principal = s.extensions.get::<Principal>()?;
+                (!principal.is_privileged()).then_some((s, principal.id))
+            })
+            .collect();
+        if sockets.is_empty() {
             continue;
         }
-        for socket in sockets {
-            socket.leave(target.clone());
+        let mut ids: Vec<String> = sockets.iter().map(|(_, id)| id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // Fail closed: without an answer, nobody but admins and services keeps listening.
+        let readers = access::readers_among(&state.db, event.conversation_id, &ids)
+            .await
+            .unwrap_or_default();
+        for (socket, id) in sockets {
+            if !readers.contains(&id) {
+                socket.leave(target.clone());
+            }
         }
     }
 }

@@ -18,8 +18,3 @@ pub fn room(conversation_id: Uuid) -> String {
 pub fn socket_room(sid: &str) -> String {
     format!("sid:{sid}")
 }
-
-/// The room holding every socket of one principal.
-pub fn principal_room(principal_id: &str) -> String {
-    format!("principal:{principal_id}")
-}

@@ -14,7 +14,7 @@ use socketioxide::{
 };
 use uuid::Uuid;
 
-use super::{payload, principal_room, room, socket_room};
+use super::{payload, room, socket_room};
 use crate::{
     auth::{Principal, PrincipalKind},
     core::{
@@ -81,8 +81,6 @@ async fn authenticate(
         Some(token) => {
             let principal = state.verifier.verify(token.trim())?;
             crate::core::insights::record_owner_claim(&state, &principal).await?;
-            // Every socket of a principal shares a room, so a removal reaches them all.
-            socket.join(principal_room(&principal.id));
             socket.extensions.insert(principal);
             register(&socket);
             Ok(())
@@ -105,10 +103,11 @@ macro_rules! on_event {
         $socket.on(
             $name,
             async |s: SocketRef,
+                   ExactNumbers(numbers): ExactNumbers,
                    TryData(d): TryData<Value>,
                    ack: Ack,
                    State(st): State<AppState>| {
-                let r = match data(d) {
+                let r = match numbers.and_then(|()| data(d)) {
                     Ok(d) => $op(&st, &s, d).await,
                     Err(e) => Err(e),
                 };
@@ -141,9 +140,13 @@ fn register(socket: &SocketRef) {
     );
     socket.on(
         "chat_message",
-        async |s: SocketRef, TryData(d): TryData<Value>, ack: Ack, State(st): State<AppState>| {
+        async |s: SocketRef,
+               ExactNumbers(numbers): ExactNumbers,
+               TryData(d): TryData<Value>,
+               ack: Ack,
+               State(st): State<AppState>| {
             let started = Instant::now();
-            let r = match data(d) {
+            let r = match numbers.and_then(|()| data(d)) {
                 Ok(d) => chat_message(&st, &s, d, false).await,
                 Err(e) => Err(e),
             };
@@ -164,6 +167,24 @@ async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
         && let Err(e) = join_all(&state, &socket, &p).await
     {
         tracing::warn!(error = %e, "auto-join for agent failed");
+    }
+}
+
+/// The packet's numbers checked on its raw text (contract §3: numbers that would not read
+/// back exactly are refused); the parsed payload has already lost the digits.
+struct ExactNumbers(AppResult<()>);
+
+impl<A: Adapter> FromMessageParts<A> for ExactNumbers {
+    type Error = Infallible;
+    fn from_message_parts(
+        _: &Arc<Socket<A>>,
+        v: &mut socketioxide::handler::Value,
+        _: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        Ok(ExactNumbers(match v {
+            socketioxide::handler::Value::Str(raw, _) => validate::exact_numbers(raw.as_str()),
+            socketioxide::handler::Value::Bytes(_) => Ok(()),
+        }))
     }
 }
 
@@ -266,7 +287,7 @@ async fn join(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value
         .await?;
     }
     let conversation = conversations::get(state, &principal, conversation_id).await?;
-    socket.join(room(conversation_id));
+    join_checked(state, socket, &principal, conversation_id).await?;
     let mut data = json!({ "conversation": conversation, "conversation_id": conversation_id });
     if let Some(since) = since {
         if since < 0 {
@@ -301,7 +322,37 @@ async fn join_all(state: &AppState, socket: &SocketRef, principal: &Principal) -
     for (id,) in &ids {
         socket.join(room(*id));
     }
-    Ok(ids.len())
+    // A removal committed between the list and the joins found no socket to cut: the
+    // rooms joined are checked once more, and those no longer the principal's are left.
+    let joined: Vec<Uuid> = ids.iter().map(|(id,)| *id).collect();
+    let still: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT conversation_id FROM participants WHERE participant_id = $1 AND conversation_id = ANY($2)",
+    )
+    .bind(&principal.id)
+    .bind(&joined)
+    .fetch_all(&state.db)
+    .await?;
+    let still: std::collections::HashSet<Uuid> = still.into_iter().map(|(id,)| id).collect();
+    for id in joined.iter().filter(|id| !still.contains(id)) {
+        socket.leave(room(*id));
+    }
+    Ok(still.len())
+}
+
+/// Joins the room, then checks access once more: a removal that committed between the
+/// caller's access check and the join found no socket to cut, so it is cut here.
+async fn join_checked(
+    state: &AppState,
+    socket: &SocketRef,
+    principal: &Principal,
+    conversation_id: Uuid,
+) -> AppResult<()> {
+    socket.join(room(conversation_id));
+    if let Err(e) = Access::load(&state.db, principal, conversation_id).await {
+        socket.leave(room(conversation_id));
+        return Err(e);
+    }
+    Ok(())
 }
 
 fn attachments(p: &Value) -> AppResult<Vec<Attachment>> {
@@ -350,11 +401,13 @@ async fn chat_message(
             socket_id: Some(socket.id.to_string()),
             echo,
         },
-        source: Some(
-            payload::str_field(&p, &["source"])
-                .unwrap_or("socketio")
-                .to_owned(),
-        ),
+        source: Some(match payload::str_field(&p, &["source"]) {
+            Some(source) => {
+                validate::max_chars("source", source, 64)?;
+                source.to_owned()
+            }
+            None => "socketio".to_owned(),
+        }),
     };
     let sent = messages::send(state, &principal, conversation_id, input, options).await?;
     serde_json::to_value(sent.message).map_err(|e| anyhow::Error::from(e).into())
@@ -392,7 +445,7 @@ async fn eliza_envelope(state: &AppState, socket: &SocketRef, p: Value) -> AppRe
                     .await
                     .is_ok()
             {
-                socket.join(room(conversation_id));
+                join_checked(state, socket, &principal, conversation_id).await?;
             }
             chat_message(state, socket, body, has_client_id).await
         }
@@ -440,6 +493,7 @@ async fn typing(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Val
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(AppError::invalid_field("is_typing", "must be a boolean")),
     };
+    state.typing_limiter.check(&principal.id)?;
     let access = Access::load(&state.db, &principal, conversation_id).await?;
     access.require_write()?;
     state.events.publish(Event {

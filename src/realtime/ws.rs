@@ -50,10 +50,13 @@ pub async fn handler(
             return AppError::validation("expected a WebSocket upgrade request").into_response();
         }
     };
+    // Subscribe before the access check: a removal committed after the check is then
+    // still seen by the session, never lost in the gap before the upgrade completes.
+    let events = state.events.subscribe();
     let prepared = prepare(&state, query.as_deref().unwrap_or_default(), &headers).await;
     ws.on_upgrade(move |socket| async move {
         match prepared {
-            Ok((principal, access)) => session(state, principal, access, socket).await,
+            Ok((principal, access)) => session(state, principal, access, events, socket).await,
             Err(e) => refuse(socket, &e).await,
         }
     })
@@ -167,12 +170,16 @@ fn frames_for(event: &Event, session: &str, me: &str) -> Vec<Value> {
     }
 }
 
-async fn session(state: AppState, principal: Principal, access: Access, socket: WebSocket) {
+async fn session(
+    state: AppState,
+    principal: Principal,
+    access: Access,
+    mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>,
+    socket: WebSocket,
+) {
     crate::metrics::connection_opened("ws");
     let session_key = Uuid::now_v7().to_string();
     let session_name = access.room.clone();
-    // Subscribe before saying "connected", so nothing committed afterwards is missed.
-    let mut events = state.events.subscribe();
     let (mut tx, mut rx) = socket.split();
     let hello = json!({
         "type": "status", "status": "connected", "session_id": session_name,
@@ -207,7 +214,7 @@ async fn session(state: AppState, principal: Principal, access: Access, socket: 
             event = events.recv() => {
                 match event {
                     Ok(event) if event.conversation_id == access.conversation_id => {
-                        if let Some(end) = revoked(&state, &principal, &event).await {
+                        if let Some(end) = revoked(&state, &principal, &access, &event).await {
                             let _ = tx.send(error_frame(&end)).await;
                             let _ = tx.send(close(close_code(&end), &end.to_string())).await;
                             break;
@@ -218,6 +225,13 @@ async fn session(state: AppState, principal: Principal, access: Access, socket: 
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(n)) => {
+                        // A removal may be among the missed events: ask again.
+                        if let Err(e) = Access::load(&state.db, &principal, access.conversation_id).await {
+                            let end = access_lost(e);
+                            let _ = tx.send(error_frame(&end)).await;
+                            let _ = tx.send(close(close_code(&end), &end.to_string())).await;
+                            break;
+                        }
                         let warn = json!({ "type": "error", "code": "LAGGED",
                             "message": format!("missed {n} events; refetch history after your last seq") });
                         if tx.send(frame(&warn)).await.is_err() { break; }
@@ -234,28 +248,35 @@ async fn session(state: AppState, principal: Principal, access: Access, socket: 
     crate::metrics::connection_closed("ws");
 }
 
-/// Whether `event` ends this session's access: the principal was removed (and cannot read
-/// the conversation otherwise, e.g. as an admin or an agent's owner), or the conversation
-/// was deleted.
-async fn revoked(state: &AppState, principal: &Principal, event: &Event) -> Option<AppError> {
+/// Whether `event` ends this session's access: the conversation was deleted, or someone
+/// left and this principal can no longer read it — the removed participant itself, or a
+/// reader who was there only as the owner of an agent (admins and services keep reading).
+async fn revoked(
+    state: &AppState,
+    principal: &Principal,
+    access: &Access,
+    event: &Event,
+) -> Option<AppError> {
     match event.kind {
         EventKind::ConversationDeleted => Some(AppError::NotFound("conversation")),
         EventKind::ParticipantLeft
-            if event.data["participant_id"].as_str() == Some(principal.id.as_str()) =>
+            if !principal.is_privileged()
+                && (!access.is_participant
+                    || event.data["participant_id"].as_str() == Some(principal.id.as_str())) =>
         {
-            match Access::load(&state.db, principal, event.conversation_id).await {
-                Ok(_) => None,
-                Err(AppError::NotFound(_)) => Some(AppError::Forbidden(
-                    "you were removed from the conversation".into(),
-                )),
-                // Fail closed: without an answer, the removal stands.
-                Err(_) => Some(AppError::Forbidden(
-                    "you were removed from the conversation".into(),
-                )),
-            }
+            Access::load(&state.db, principal, event.conversation_id)
+                .await
+                .err()
+                .map(access_lost)
         }
         _ => None,
     }
+}
+
+/// The error a session ends with when an access check fails: `Forbidden` (4403) — fail
+/// closed: without an answer from the database, the removal stands.
+fn access_lost(_: AppError) -> AppError {
+    AppError::Forbidden("you no longer have access to this conversation".into())
 }
 
 #[derive(Deserialize)]
@@ -284,6 +305,7 @@ async fn handle_frame(
         .map_err(|e| AppError::validation(format!("invalid frame: {e}")))
         .and_then(|v| {
             validate::untrusted_json(&v)?;
+            validate::exact_numbers(text)?;
             serde_json::from_value::<ClientFrame>(v)
                 .map_err(|e| AppError::validation(format!("invalid frame: {e}")))
         });
@@ -340,6 +362,9 @@ async fn handle_frame(
         }
         "typing" => {
             // Checked on every frame: a removed participant or a read-only owner may not type.
+            if let Err(e) = state.typing_limiter.check(&principal.id) {
+                return Some(error_frame(&e));
+            }
             if let Err(e) = Access::load(&state.db, principal, access.conversation_id)
                 .await
                 .and_then(|a| a.require_write())

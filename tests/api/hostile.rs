@@ -264,7 +264,7 @@ async fn hostile_input_on_every_transport_is_refused_cleanly_and_breaks_no_later
         ),
         (
             Method::POST,
-            format!("{participants}/batch"),
+            participants.clone(),
             json!({ "participants": [{ "participant_id": NUL }] }),
         ),
         (
@@ -323,7 +323,7 @@ async fn hostile_input_on_every_transport_is_refused_cleanly_and_breaks_no_later
     }
 
     // ---- REST: numbers, nesting, encodings, dates, integers, sizes ----
-    let huge = r#"{"text":"huge numbers","metadata":{"max":1.7976931348623157e308,"min":-1.7976931348623157e308,"tiny":5e-324,"big_int":123456789012345678901234567890}}"#;
+    let huge = r#"{"text":"huge numbers","metadata":{"max":1.7976931348623157e308,"min":-1.7976931348623157e308,"tiny":5e-324,"u64":18446744073709551615,"point_one":0.1}}"#;
     let (status, stored) = server.raw(Method::POST, &send, "alice", huge.into()).await;
     assert_eq!(
         status,
@@ -337,6 +337,10 @@ async fn hostile_input_on_every_transport_is_refused_cleanly_and_breaks_no_later
             br#"{"text":"x","metadata":{"n":1e999}}"#.to_vec(),
         ),
         ("NaN", br#"{"text":"x","metadata":{"n":NaN}}"#.to_vec()),
+        ("an integer past 64 bits", br#"{"text":"x","metadata":{"n":123456789012345678901234567890}}"#.to_vec()),
+        ("more digits than a double keeps", br#"{"text":"x","metadata":{"n":0.10000000000000000001}}"#.to_vec()),
+        ("an underflowing number", br#"{"text":"x","metadata":{"n":1e-400}}"#.to_vec()),
+        ("an integer past 64 bits in an attachment", br#"{"text":"x","attachments":[{"type":"file","url":"u","size":99999999999999999999}]}"#.to_vec()),
         (
             "deep nesting",
             format!(r#"{{"text":"x","metadata":{{"n":{}}}}}"#, nested(100)).into_bytes(),
@@ -439,6 +443,13 @@ async fn hostile_input_on_every_transport_is_refused_cleanly_and_breaks_no_later
         assert!(ack["code"].is_string(), "{event}: {ack}");
         assert_ne!(ack["code"], "INTERNAL", "{event}: {ack}");
     }
+    let inexact = sio
+        .call_raw(
+            "chat_message",
+            &format!(r#"{{"conversation_id":"{cid}","message":"ok","metadata":{{"n":123456789012345678901234567890}}}}"#),
+        )
+        .await;
+    assert_eq!(inexact["code"], "VALIDATION_ERROR", "{inexact}");
     let huge_ack = sio
         .call(
             "chat_message",
@@ -483,6 +494,14 @@ async fn hostile_input_on_every_transport_is_refused_cleanly_and_breaks_no_later
         assert!(error["code"].is_string(), "{frame}: {error}");
         assert_ne!(error["code"], "INTERNAL", "{frame}: {error}");
     }
+    ws.send_raw(tokio_tungstenite::tungstenite::Message::Text(
+        r#"{"type":"message","content":"inexact","metadata":{"n":0.10000000000000000001}}"#.into(),
+    ))
+    .await;
+    assert_eq!(
+        ws.next("error", 3000).await.expect("error")["code"],
+        "VALIDATION_ERROR"
+    );
     ws.send(json!({ "type": "message", "content": "huge over ws", "metadata": { "n": f64::MAX } }))
         .await;
     ws.next("message", 3000)

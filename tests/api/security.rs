@@ -586,7 +586,7 @@ async fn a_conversation_grows_to_ten_thousand_participants_in_batches() {
             .collect();
         let (status, body) = app
             .post(
-                &api(&format!("/conversations/{cid}/participants/batch")),
+                &api(&format!("/conversations/{cid}/participants")),
                 &token("host"),
                 json!({ "participants": participants }),
             )
@@ -597,7 +597,7 @@ async fn a_conversation_grows_to_ten_thousand_participants_in_batches() {
     // Repeating a batch adds nobody twice.
     let (_, again) = app
         .post(
-            &api(&format!("/conversations/{cid}/participants/batch")),
+            &api(&format!("/conversations/{cid}/participants")),
             &token("host"),
             json!({ "participants": [{ "participant_id": "member-0" }] }),
         )
@@ -626,7 +626,7 @@ async fn a_conversation_grows_to_ten_thousand_participants_in_batches() {
     assert_eq!(page["data"]["total"], 1);
     let (status, body) = app
         .post(
-            &api(&format!("/conversations/{cid}/participants/batch")),
+            &api(&format!("/conversations/{cid}/participants")),
             &token("member-1"),
             json!({ "participants": [{ "participant_id": "x" }] }),
         )
@@ -793,4 +793,252 @@ async fn the_documented_request_examples_succeed() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{sent}");
+}
+
+/// A send racing a removal either commits before it or is refused; it never brings the
+/// removed participant back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_racing_a_removal_never_readds_the_removed_participant() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 1_000_000).await;
+    for round in 0..5 {
+        let cid = app.conversation("alice", &["bob"]).await;
+        let sender = {
+            let app_base = app.base.clone();
+            let http = app.http.clone();
+            let cid = cid.clone();
+            tokio::spawn(async move {
+                for i in 0..60 {
+                    let _ = http
+                        .post(format!(
+                            "{app_base}{}",
+                            api(&format!("/messages/conversations/{cid}"))
+                        ))
+                        .bearer_auth(token("bob"))
+                        .json(&json!({ "text": format!("spam {i}") }))
+                        .send()
+                        .await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20 + round * 10)).await;
+        let (status, _) = app
+            .request(
+                Method::DELETE,
+                &api(&format!("/conversations/{cid}/participants/bob")),
+                Some(&token("alice")),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let _ = sender.await;
+        let (_, list) = app
+            .get(
+                &api(&format!("/conversations/{cid}/participants")),
+                &token("alice"),
+            )
+            .await;
+        let ids: Vec<&str> = list["data"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|p| p["participant_id"].as_str())
+            .collect();
+        assert_eq!(ids, vec!["alice"], "round {round}: bob is back");
+    }
+}
+
+#[tokio::test]
+async fn a_client_chosen_conversation_id_cannot_be_hijacked() {
+    let app = spawn_app().await;
+    let chosen = uuid::Uuid::new_v4().to_string();
+    // mallory takes the id first and adds the victim.
+    let (status, _) = app
+        .post(
+            &api("/conversations"),
+            &token("mallory"),
+            json!({ "conversation_id": chosen, "participants": ["victim"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = app
+        .post(
+            &api("/conversations"),
+            &token("victim"),
+            json!({ "conversation_id": chosen }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "CONVERSATION_ID_TAKEN");
+    // ... or squats the platform id a chosen id implies.
+    let other = uuid::Uuid::new_v4().to_string();
+    app.post(
+        &api("/conversations"),
+        &token("mallory"),
+        json!({ "platform_conversation_id": other, "participants": ["victim"] }),
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            &api("/conversations"),
+            &token("victim"),
+            json!({ "conversation_id": other }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // A stranger learns nothing more than "taken".
+    let (_, stranger) = app
+        .post(
+            &api("/conversations"),
+            &token("eve"),
+            json!({ "conversation_id": chosen }),
+        )
+        .await;
+    assert_eq!(stranger["code"], "CONVERSATION_ID_TAKEN");
+    // The creator's own retry is idempotent.
+    let mine = uuid::Uuid::new_v4().to_string();
+    let (first, _) = app
+        .post(
+            &api("/conversations"),
+            &token("victim"),
+            json!({ "conversation_id": mine, "name": "mine" }),
+        )
+        .await;
+    let (again, body) = app
+        .post(
+            &api("/conversations"),
+            &token("victim"),
+            json!({ "conversation_id": mine, "name": "mine" }),
+        )
+        .await;
+    assert_eq!(
+        (first, again),
+        (StatusCode::CREATED, StatusCode::OK),
+        "{body}"
+    );
+    assert_eq!(body["data"]["id"], mine.as_str());
+    assert_eq!(body["data"]["is_new"], false);
+}
+
+#[tokio::test]
+async fn removing_an_agent_cuts_its_owners_live_view() {
+    let app = spawn_app().await;
+    let admin = token_of("root", PrincipalKind::User, true);
+    register(
+        &app,
+        &admin,
+        json!({ "agent_id": "seen-bot", "owner_id": "olivia" }),
+    )
+    .await;
+    let (_, made) = app
+        .post(
+            &api("/conversations"),
+            &token("alice"),
+            json!({ "participants": [{ "participant_id": "seen-bot", "participant_type": "agent" }] }),
+        )
+        .await;
+    let cid = made["conversation_id"].as_str().expect("id").to_owned();
+    let mut ws = Ws::connect(&app, &cid, &token("olivia"))
+        .await
+        .expect("owner watches");
+    ws.next("status", 3000).await.expect("status");
+    let mut sio = Sio::connect(&app, Some(&token("olivia")))
+        .await
+        .expect("connect");
+    assert_eq!(
+        sio.call("join", json!({ "conversation_id": cid })).await["success"],
+        true
+    );
+    app.request(
+        Method::DELETE,
+        &api(&format!("/conversations/{cid}/participants/seen-bot")),
+        Some(&token("alice")),
+        None,
+    )
+    .await;
+    assert_eq!(ws.closed(5000).await.map(|c| c.0), Some(4403));
+    sio.next_event("participantLeft", 3000).await;
+    app.send("alice", &cid, "not for olivia").await;
+    assert!(sio.next_event("messageBroadcast", 1500).await.is_none());
+}
+
+#[tokio::test]
+async fn an_owner_claim_never_overrides_an_explicit_reassignment() {
+    let app = spawn_app().await;
+    let admin = token_of("root", PrincipalKind::User, true);
+    let (status, _) = register(
+        &app,
+        &admin,
+        json!({ "agent_id": "moved-bot", "owner_id": "new-owner" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let old_token = hs(
+        json!({ "sub": "moved-bot", "kind": "agent", "owner": "old-owner", "exp": now() + 600 }),
+    );
+    app.get(&api("/unread"), &old_token).await;
+    let (status, _) = app
+        .get(&api("/agents/moved-bot/conversations"), &token("new-owner"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .get(&api("/agents/moved-bot/conversations"), &token("old-owner"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn typing_is_rate_limited_and_overlapping_batches_do_not_deadlock() {
+    let app = spawn_app().await;
+    let cid = app.conversation("alice", &["bob"]).await;
+    let mut sio = Sio::connect(&app, Some(&token("alice")))
+        .await
+        .expect("connect");
+    let mut limited = false;
+    for _ in 0..80 {
+        let ack = sio.call("typing", json!({ "conversation_id": cid })).await;
+        if ack["code"] == "RATE_LIMITED" {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "typing floods are limited");
+    let forward: Vec<Value> = (0..200)
+        .map(|i| json!({ "participant_id": format!("m{i}") }))
+        .collect();
+    let backward: Vec<Value> = forward.iter().rev().cloned().collect();
+    let path = api(&format!("/conversations/{cid}/participants"));
+    let alice = token("alice");
+    let (a, b) = tokio::join!(
+        app.post(&path, &alice, json!({ "participants": forward })),
+        app.post(&path, &alice, json!({ "participants": backward })),
+    );
+    assert_eq!(
+        (a.0, b.0),
+        (StatusCode::OK, StatusCode::OK),
+        "{} {}",
+        a.1,
+        b.1
+    );
+    let added = a.1["data"]["added"].as_array().map_or(0, Vec::len)
+        + b.1["data"]["added"].as_array().map_or(0, Vec::len);
+    assert_eq!(added, 200);
+    // A participant whose id is a word the routes use is an ordinary participant.
+    app.post(&path, &token("alice"), json!({ "participant_id": "batch" }))
+        .await;
+    let (status, _) = app
+        .request(
+            Method::DELETE,
+            &format!("{path}/batch"),
+            Some(&token("alice")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_wildcard_inside_an_origin_list_means_any_origin() {
+    let app = spawn_app_with(|c| c.cors_allowed_origins = "https://a.example, *".into()).await;
+    let (status, _) = app.get(&api("/unread"), &token("a")).await;
+    assert_eq!(status, StatusCode::OK);
 }

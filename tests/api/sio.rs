@@ -139,6 +139,30 @@ impl Sio {
             .expect("ack in time")
     }
 
+    /// Emits `event` with a payload written as raw JSON text, and waits for the ack.
+    pub async fn call_raw(&mut self, event: &str, payload: &str) -> Value {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        self.raw(&format!(
+            "42{}{id}[{},{payload}]",
+            self.prefix,
+            json!(event)
+        ))
+        .await;
+        let wait = async {
+            loop {
+                match self.pump().await {
+                    Some((Some(got), v)) if got == id => return v,
+                    Some(_) => {}
+                    None => return Value::Null,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("ack in time")
+    }
+
     /// The next `name` event within `ms` milliseconds.
     pub async fn next_event(&mut self, name: &str, ms: u64) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
