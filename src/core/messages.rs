@@ -333,7 +333,7 @@ fn validate_send(state: &AppState, input: &mut SendMessage) -> AppResult<()> {
 /// One statement takes the next `seq` (row-locking the conversation), inserts the message
 /// and moves the sender's read horizon, so it commits or fails as a whole: a failure, or a
 /// retried `client_message_id`, never leaves a gap in `seq`.
-#[tracing::instrument(skip_all, fields(conversation_id = %conversation_id), err(Display))]
+#[tracing::instrument(skip_all, fields(conversation_id = %conversation_id), err(level = "debug", Display))]
 pub async fn send(
     state: &AppState,
     principal: &Principal,

@@ -24,6 +24,8 @@ pub struct Process {
     pub addr: std::net::SocketAddr,
     child: tokio::process::Child,
     http: reqwest::Client,
+    /// Readers draining stdout and stderr (so the process never blocks on a full pipe).
+    logs: Vec<tokio::task::JoinHandle<String>>,
 }
 
 impl Process {
@@ -43,13 +45,29 @@ impl Process {
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("RATE_LIMIT_PER_MINUTE", "100000")
-            .stdout(Stdio::null())
+            // Logs go to stdout; stderr is kept too, for panics.
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         for (k, v) in extra_env {
             command.env(k, v);
         }
-        let child = command.spawn().expect("start colloquy");
+        let mut child = command.spawn().expect("start colloquy");
+        let mut logs = vec![];
+        if let Some(mut out) = child.stdout.take() {
+            logs.push(tokio::spawn(async move {
+                let mut text = String::new();
+                let _ = out.read_to_string(&mut text).await;
+                text
+            }));
+        }
+        if let Some(mut err) = child.stderr.take() {
+            logs.push(tokio::spawn(async move {
+                let mut text = String::new();
+                let _ = err.read_to_string(&mut text).await;
+                text
+            }));
+        }
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let process = Process {
             database_url,
@@ -57,6 +75,7 @@ impl Process {
             addr,
             child,
             http: reqwest::Client::new(),
+            logs,
         };
         let started = Instant::now();
         loop {
@@ -82,16 +101,22 @@ impl Process {
         crate::helpers::TestApp::external(self.addr, &self.database_url)
     }
 
-    /// Stops the process and returns the ERROR lines it logged.
+    /// Stops the process and returns the ERROR lines it logged (and any panic), after
+    /// checking that it logged at all, so an empty answer means something.
     pub async fn error_lines(mut self) -> Vec<String> {
         let _ = self.child.start_kill();
         let mut log = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), stderr.read_to_string(&mut log))
-                .await;
+        for reader in self.logs.drain(..) {
+            if let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(10), reader).await {
+                log.push_str(&text);
+            }
         }
+        assert!(
+            log.contains("colloquy listening"),
+            "the process's log was not captured:\n{log}"
+        );
         log.lines()
-            .filter(|l| l.contains("\"level\":\"ERROR\""))
+            .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("panicked"))
             .map(str::to_owned)
             .collect()
     }

@@ -28,6 +28,19 @@ fn hs(claims: Value) -> String {
     .expect("sign")
 }
 
+/// A conversation `creator` starts with `agent` taking part as an agent.
+async fn with_agent(app: &TestApp, creator: &str, agent: &str) -> String {
+    let (status, made) = app
+        .post(
+            &api("/conversations"),
+            &token(creator),
+            json!({ "participants": [{ "participant_id": agent, "participant_type": "agent" }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    made["conversation_id"].as_str().expect("id").to_owned()
+}
+
 async fn register(app: &TestApp, caller: &str, body: Value) -> (StatusCode, Value) {
     app.post(&api("/agents"), caller, body).await
 }
@@ -105,14 +118,7 @@ async fn only_a_party_controlling_an_agent_id_can_grant_its_ownership() {
     assert_eq!(body["data"]["owner_id"], "oscar");
 
     // The owner view covers only conversations where the id takes part as an agent.
-    let (_, as_agent) = app
-        .post(
-            &api("/conversations"),
-            &token("victim"),
-            json!({ "participants": [{ "participant_id": "bot-1", "participant_type": "agent" }] }),
-        )
-        .await;
-    let as_agent = as_agent["conversation_id"].as_str().expect("id").to_owned();
+    let as_agent = with_agent(&app, "victim", "bot-1").await;
     let as_user = app.conversation("victim", &["bot-1"]).await;
     let (status, _) = app
         .get(
@@ -142,14 +148,7 @@ async fn an_agent_tokens_signed_owner_claim_is_recorded_on_first_use() {
     let app = spawn_app().await;
     let bot =
         hs(json!({ "sub": "claimed-bot", "kind": "agent", "owner": "oscar", "exp": now() + 600 }));
-    let (_, made) = app
-        .post(
-            &api("/conversations"),
-            &token("carol"),
-            json!({ "participants": [{ "participant_id": "claimed-bot", "participant_type": "agent" }] }),
-        )
-        .await;
-    let cid = made["conversation_id"].as_str().expect("id").to_owned();
+    let cid = with_agent(&app, "carol", "claimed-bot").await;
     let (status, _) = app
         .get(&api(&format!("/conversations/{cid}")), &token("oscar"))
         .await;
@@ -235,14 +234,7 @@ async fn ws_typing_needs_write_access() {
         json!({ "agent_id": "watched-bot", "owner_id": "olivia" }),
     )
     .await;
-    let (_, made) = app
-        .post(
-            &api("/conversations"),
-            &token("alice"),
-            json!({ "participants": [{ "participant_id": "watched-bot", "participant_type": "agent" }] }),
-        )
-        .await;
-    let cid = made["conversation_id"].as_str().expect("id").to_owned();
+    let cid = with_agent(&app, "alice", "watched-bot").await;
     let mut alice = Sio::connect(&app, Some(&token("alice")))
         .await
         .expect("connect");
@@ -929,14 +921,7 @@ async fn removing_an_agent_cuts_its_owners_live_view() {
         json!({ "agent_id": "seen-bot", "owner_id": "olivia" }),
     )
     .await;
-    let (_, made) = app
-        .post(
-            &api("/conversations"),
-            &token("alice"),
-            json!({ "participants": [{ "participant_id": "seen-bot", "participant_type": "agent" }] }),
-        )
-        .await;
-    let cid = made["conversation_id"].as_str().expect("id").to_owned();
+    let cid = with_agent(&app, "alice", "seen-bot").await;
     let mut ws = Ws::connect(&app, &cid, &token("olivia"))
         .await
         .expect("owner watches");

@@ -121,22 +121,7 @@ impl Sio {
 
     /// Emits with an ack callback and waits for the ack.
     pub async fn call(&mut self, event: &str, data: Value) -> Value {
-        let id = self.next_ack;
-        self.next_ack += 1;
-        self.raw(&format!("42{}{id}{}", self.prefix, json!([event, data])))
-            .await;
-        let wait = async {
-            loop {
-                match self.pump().await {
-                    Some((Some(got), v)) if got == id => return v,
-                    Some(_) => {}
-                    None => return Value::Null,
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .expect("ack in time")
+        self.call_raw(event, &data.to_string()).await
     }
 
     /// Emits `event` with a payload written as raw JSON text, and waits for the ack.
