@@ -85,12 +85,13 @@ pub async fn search(
     principal: &Principal,
     q: SearchQuery,
 ) -> AppResult<Page<SearchHit>> {
+    // The limit applies to what was sent, before trimming.
+    validate::max_chars("q", q.q.as_deref().unwrap_or_default(), 500)?;
     let text =
         q.q.as_deref()
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| AppError::invalid_field("q", "is required"))?;
-    validate::max_chars("q", text, 500)?;
     let limit = validate::limit(q.limit, 20, 100)?;
     let offset = validate::offset(q.offset)?;
     let rows: Vec<HitRow> = sqlx::query_as(concat!(

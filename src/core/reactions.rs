@@ -95,7 +95,10 @@ pub async fn remove(
     message_id: Uuid,
     emoji: &str,
 ) -> AppResult<Message> {
-    validate_emoji(emoji)?;
+    // No reaction can have an emoji that adding refuses: there is nothing to remove.
+    if validate_emoji(emoji).is_err() {
+        return Err(AppError::NotFound("reaction"));
+    }
     let message = messages::get(state, principal, message_id).await?;
     let access = Access::load(&state.db, principal, message.conversation_id).await?;
     let mut tx = state.db.begin().await?;
