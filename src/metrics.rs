@@ -78,3 +78,19 @@ pub fn summary_fallback() {
 pub fn write_batch(size: usize) {
     histogram!("colloquy_write_batch_size").record(size as f64);
 }
+
+/// Events the delivery stage could not take (its queue was full); messages among them are
+/// recovered from the log.
+pub fn delivery_backlog_dropped() {
+    counter!("colloquy_delivery_backlog_dropped_total").increment(1);
+}
+
+/// Messages delivered from the log because their wake-up was late, lost or never sent.
+pub fn delivery_gap_filled(n: usize) {
+    counter!("colloquy_delivery_gap_filled_total").increment(n as u64);
+}
+
+/// Message wake-ups dropped because that `seq` was already delivered.
+pub fn delivery_duplicate() {
+    counter!("colloquy_delivery_duplicates_total").increment(1);
+}

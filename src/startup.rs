@@ -139,7 +139,8 @@ impl Server {
             )?),
             crate::config::SummaryProvider::Extractive => None,
         };
-        let (writer, writers) = crate::core::writer::Writer::spawn(db.clone());
+        let events = Events::new();
+        let (writer, writers) = crate::core::writer::Writer::spawn(db.clone(), events.clone());
         let state = AppState {
             writer,
             summariser,
@@ -148,7 +149,7 @@ impl Server {
             typing_limiter: Arc::new(RateLimiter::per_minute(TYPING_PER_MINUTE)),
             config: Arc::new(config),
             verifier: Arc::new(verifier),
-            events: Events::new(),
+            events,
             shutdown: CancellationToken::new(),
             ready: Arc::new(AtomicBool::new(false)),
             owner_claims: Default::default(),
@@ -182,6 +183,7 @@ impl Server {
             realtime::socketio::namespaces(&state),
         ));
         background.extend(realtime::bus::spawn(&state));
+        background.extend(realtime::delivery::spawn(&state));
 
         let (api, spec) = http::api(state.clone());
         let app = Router::new()

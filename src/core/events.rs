@@ -47,9 +47,17 @@ pub struct Event {
 }
 
 /// Publish side of the bus; cloning shares the channel.
+///
+/// Events go first to the delivery stage (`realtime::delivery`), which puts each
+/// conversation's messages in `seq` order, drops repeats and fills gaps from the log, and
+/// only then to the transports' subscribers.
 #[derive(Clone)]
 pub struct Events {
+    /// What the transports subscribe to: messages in `seq` order per conversation.
     local: broadcast::Sender<Arc<Event>>,
+    /// Into the delivery stage: every event, local or from another process.
+    raw: mpsc::Sender<Arc<Event>>,
+    raw_rx: Arc<std::sync::Mutex<Option<mpsc::Receiver<Arc<Event>>>>>,
     /// Set when the cross-process bus runs: events published here are relayed to it.
     relay: Arc<OnceLock<mpsc::Sender<Arc<Event>>>>,
 }
@@ -65,8 +73,13 @@ impl Events {
         // A subscriber that falls this far behind skips events (and is told so) instead
         // of slowing the publishers: the durable record is the database.
         let (local, _) = broadcast::channel(4096);
+        // Past this backlog the delivery stage is not keeping up; a message dropped here
+        // is recovered from the log like any lost wake-up.
+        let (raw, raw_rx) = mpsc::channel(16_384);
         Self {
             local,
+            raw,
+            raw_rx: Arc::new(std::sync::Mutex::new(Some(raw_rx))),
             relay: Arc::new(OnceLock::new()),
         }
     }
@@ -77,15 +90,25 @@ impl Events {
         if let Some(relay) = self.relay.get()
             && relay.try_send(event.clone()).is_err()
         {
-            tracing::warn!(
-                "event relay is full; other processes miss one event (clients gap-fill)"
-            );
+            tracing::warn!("event relay is full; other processes recover messages from the log");
         }
-        let _ = self.local.send(event);
+        self.deliver_local(event);
     }
 
     /// Delivers an event that came from another process to this process's transports only.
     pub fn deliver_local(&self, event: Arc<Event>) {
+        if self.raw.try_send(event).is_err() {
+            crate::metrics::delivery_backlog_dropped();
+        }
+    }
+
+    /// The delivery stage's input; taken once, by the stage.
+    pub fn take_input(&self) -> Option<mpsc::Receiver<Arc<Event>>> {
+        self.raw_rx.lock().ok()?.take()
+    }
+
+    /// Hands an event, in order, to the transports (the delivery stage calls this).
+    pub fn forward(&self, event: Arc<Event>) {
         let _ = self.local.send(event);
     }
 

@@ -12,7 +12,7 @@ use super::{
     access::Access,
     events::{Event, EventKind, Origin},
     validate,
-    writer::{Draft, SentRow},
+    writer::Draft,
 };
 use crate::{
     auth::Principal,
@@ -368,10 +368,12 @@ pub async fn send(
             thread_id: input.thread_id.clone(),
             principal_id: principal.id.clone(),
             privileged: principal.is_privileged(),
+            origin: options.origin,
+            source: options.source,
         })
         .await;
 
-    let SentRow { row, room } = match inserted {
+    let message = match inserted {
         Ok(Some(row)) => row,
         Ok(None) => {
             // Nothing written: unknown or unreadable (404), read-only (403) or archived (409).
@@ -395,9 +397,7 @@ pub async fn send(
         }
         Err(e) => return Err(e.into()),
     };
-    let message: Message = row.into();
-    crate::metrics::message_persisted();
-    publish_created(state, &room, &message, &options);
+    // The writer announced it after the commit (see `writer`).
     Ok(Sent {
         message,
         created: true,
@@ -420,20 +420,6 @@ async fn find_by_client_id(
     .fetch_optional(db)
     .await?;
     row.map(Into::into).ok_or(AppError::NotFound("message"))
-}
-
-fn publish_created(state: &AppState, room: &str, message: &Message, options: &SendOptions) {
-    let mut data = serde_json::to_value(message).unwrap_or(Value::Null);
-    if let (Some(source), Some(obj)) = (&options.source, data.as_object_mut()) {
-        obj.insert("source".into(), json!(source));
-    }
-    state.events.publish(Event {
-        kind: EventKind::MessageCreated,
-        conversation_id: message.conversation_id,
-        room: room.to_owned(),
-        data,
-        origin: options.origin.clone(),
-    });
 }
 
 /// Reads one message; the caller must be able to read its conversation.

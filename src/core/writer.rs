@@ -12,6 +12,10 @@
 //! its own (the same statement with one draft), whose answer (row, nothing, or the unique
 //! violation) the caller turns into the usual result. So batching changes throughput,
 //! never outcomes.
+//!
+//! The writer itself announces every message it committed (`MessageCreated`), before it
+//! answers the caller: a caller that is gone (a timed-out request, a dropped socket) does
+//! not take the broadcast with it, and nothing is announced that was not committed.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -20,7 +24,10 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::messages::Row;
+use super::{
+    events::{Event, EventKind, Events, Origin},
+    messages::{Message, Row},
+};
 
 /// Drafts stored by one statement at most.
 pub const MAX_BATCH: usize = 128;
@@ -45,6 +52,9 @@ pub struct Draft {
     /// The caller: must be a participant unless `privileged`.
     pub principal_id: String,
     pub privileged: bool,
+    /// Who sent it, for the transports' echo rules, and where from (`source`).
+    pub origin: Origin,
+    pub source: Option<String>,
 }
 
 /// A stored message and its conversation's room.
@@ -55,7 +65,9 @@ pub(crate) struct SentRow {
     pub(crate) room: String,
 }
 
-pub(crate) type WriteResult = Result<Option<SentRow>, sqlx::Error>;
+/// What a caller hears: the stored message (already announced), or `None` when nothing
+/// was written.
+pub(crate) type WriteResult = Result<Option<Message>, sqlx::Error>;
 
 struct Job {
     draft: Draft,
@@ -68,12 +80,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer tasks on `db`.
-    pub fn spawn(db: PgPool) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+    /// Starts the writer tasks on `db`; they announce what they store on `events`.
+    pub fn spawn(db: PgPool, events: Events) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
         let (queue, rx) = mpsc::channel::<Job>(MAX_BATCH * WRITERS * 4);
         let rx = Arc::new(Mutex::new(rx));
         let tasks = (0..WRITERS)
-            .map(|_| tokio::spawn(run(db.clone(), rx.clone())))
+            .map(|_| tokio::spawn(run(db.clone(), events.clone(), rx.clone())))
             .collect();
         (Self { queue }, tasks)
     }
@@ -92,7 +104,7 @@ impl Writer {
     }
 }
 
-async fn run(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn run(db: PgPool, events: Events, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
         {
@@ -119,13 +131,33 @@ async fn run(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
                 Some(row) => Ok(Some(row)),
                 None => insert_one(&db, &job.draft).await,
             };
-            let _ = job.reply.send(result);
+            let _ = job
+                .reply
+                .send(result.map(|row| row.map(|row| announce(&events, &job.draft, row))));
         }
     }
 }
 
+/// Publishes a committed message (with its source, for `messageBroadcast`).
+fn announce(events: &Events, draft: &Draft, SentRow { row, room }: SentRow) -> Message {
+    let message: Message = row.into();
+    crate::metrics::message_persisted();
+    let mut data = serde_json::to_value(&message).unwrap_or(Value::Null);
+    if let (Some(source), Some(obj)) = (&draft.source, data.as_object_mut()) {
+        obj.insert("source".into(), Value::String(source.clone()));
+    }
+    events.publish(Event {
+        kind: EventKind::MessageCreated,
+        conversation_id: message.conversation_id,
+        room,
+        data,
+        origin: draft.origin.clone(),
+    });
+    message
+}
+
 /// One draft alone, in its own transaction: a single row lock needs no ordering.
-async fn insert_one(db: &PgPool, d: &Draft) -> WriteResult {
+async fn insert_one(db: &PgPool, d: &Draft) -> Result<Option<SentRow>, sqlx::Error> {
     Ok(store(db, &[d]).await?.pop())
 }
 

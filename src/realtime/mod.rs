@@ -2,6 +2,7 @@
 //! cross-process relay that makes several processes act as one server.
 
 pub mod bus;
+pub mod delivery;
 pub mod fanout;
 pub mod payload;
 pub mod socketio;

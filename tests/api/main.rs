@@ -6,6 +6,7 @@ mod access;
 mod bad_input;
 mod clients;
 mod conversations;
+mod delivery;
 mod deployment;
 mod fuzz;
 mod history;
