@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
 
 use super::{payload, room, socket_room};
 use crate::{
@@ -61,8 +62,8 @@ pub fn socket_events(event: &Event) -> Vec<(&'static str, Value, bool)> {
 /// After a removal, every socket in the conversation's room whose principal can no longer
 /// read it leaves the room at once (contract §3): the removed participant, and the owners
 /// of an agent that was the reason they could read. Admins and services keep reading.
-async fn revoke(state: &AppState, io: &SocketIo, namespaces: &[String], event: &Event) {
-    let target = room(event.conversation_id);
+async fn revoke(state: &AppState, io: &SocketIo, namespaces: &[String], conversation_id: Uuid) {
+    let target = room(conversation_id);
     for ns in namespaces {
         let Some(op) = io.of(ns.as_str()) else {
             continue;
@@ -83,7 +84,7 @@ async fn revoke(state: &AppState, io: &SocketIo, namespaces: &[String], event: &
         ids.sort_unstable();
         ids.dedup();
         // Fail closed: without an answer, nobody but admins and services keeps listening.
-        let readers = access::readers_among(&state.db, event.conversation_id, &ids)
+        let readers = access::readers_among(&state.db, conversation_id, &ids)
             .await
             .unwrap_or_default();
         for (socket, id) in sockets {
@@ -91,6 +92,21 @@ async fn revoke(state: &AppState, io: &SocketIo, namespaces: &[String], event: &
                 socket.leave(target.clone());
             }
         }
+    }
+}
+
+/// Runs [`revoke`] for every conversation room that has sockets on this process.
+async fn revalidate_all(state: &AppState, io: &SocketIo, namespaces: &[String]) {
+    let mut conversations = std::collections::BTreeSet::new();
+    for ns in namespaces {
+        if let Some(op) = io.of(ns.as_str())
+            && let Ok(rooms) = op.rooms().await
+        {
+            conversations.extend(rooms.iter().filter_map(|r| Uuid::parse_str(r).ok()));
+        }
+    }
+    for conversation_id in conversations {
+        revoke(state, io, namespaces, conversation_id).await;
     }
 }
 
@@ -127,7 +143,7 @@ pub fn spawn(
                     deliver(&io, &namespaces, &event).await;
                     match event.kind {
                         EventKind::ParticipantLeft => {
-                            revoke(&state, &io, &namespaces, &event).await
+                            revoke(&state, &io, &namespaces, event.conversation_id).await
                         }
                         EventKind::ConversationDeleted => {
                             for ns in &namespaces {
@@ -146,7 +162,10 @@ pub fn spawn(
                     tracing::warn!(
                         skipped = n,
                         "socket fan-out fell behind; clients gap-fill on rejoin"
-                    )
+                    );
+                    // A removal may be among the skipped events: every conversation room
+                    // on this process is checked again.
+                    revalidate_all(&state, &io, &namespaces).await;
                 }
                 Err(RecvError::Closed) => return,
             }
