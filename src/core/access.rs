@@ -40,6 +40,21 @@ struct Row {
     agent_owned: bool,
 }
 
+/// SQL: whether principal `$owner` owns an agent that takes part, as an agent, in
+/// conversation `$conv` — the one rule behind an owner's read-only access.
+macro_rules! owns_an_agent_in {
+    ($conv:literal, $owner:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM agents a JOIN participants ap ON ap.conversation_id = ",
+            $conv,
+            " AND ap.participant_id = a.agent_id AND ap.participant_type = 'agent' \
+             WHERE a.owner_id = ",
+            $owner,
+            ")"
+        )
+    };
+}
+
 /// Which of `ids` may still read the conversation as a participant or as the owner of an
 /// agent taking part in it (admins and services are not asked: they read everything).
 pub async fn readers_among(
@@ -47,18 +62,14 @@ pub async fn readers_among(
     conversation_id: Uuid,
     ids: &[String],
 ) -> AppResult<std::collections::HashSet<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
+    let rows: Vec<(String,)> = sqlx::query_as(concat!(
         r#"
         SELECT pid FROM unnest($2::text[]) AS pid
         WHERE EXISTS (SELECT 1 FROM participants p
                       WHERE p.conversation_id = $1 AND p.participant_id = pid)
-           OR EXISTS (SELECT 1 FROM agents a
-                      JOIN participants ap
-                        ON ap.conversation_id = $1 AND ap.participant_id = a.agent_id
-                       AND ap.participant_type = 'agent'
-                      WHERE a.owner_id = pid)
-        "#,
-    )
+           OR "#,
+        owns_an_agent_in!("$1", "pid"),
+    ))
     .bind(conversation_id)
     .bind(ids)
     .fetch_all(db)
@@ -74,27 +85,22 @@ impl Access {
         principal: &Principal,
         conversation_id: Uuid,
     ) -> AppResult<Self> {
-        let row: Option<Row> = sqlx::query_as(
+        let row: Option<Row> = sqlx::query_as(concat!(
             r#"
             SELECT c.id,
                    c.platform_conversation_id,
                    c.archived_at IS NOT NULL AS archived,
                    c.last_seq,
                    p.role,
-                   EXISTS (
-                       SELECT 1
-                       FROM agents a
-                       JOIN participants ap
-                         ON ap.conversation_id = c.id AND ap.participant_id = a.agent_id
-                        AND ap.participant_type = 'agent'
-                       WHERE a.owner_id = $2
-                   ) AS agent_owned
+            "#,
+            owns_an_agent_in!("c.id", "$2"),
+            r#" AS agent_owned
             FROM conversations c
             LEFT JOIN participants p
               ON p.conversation_id = c.id AND p.participant_id = $2
             WHERE c.id = $1
             "#,
-        )
+        ))
         .bind(conversation_id)
         .bind(&principal.id)
         .fetch_optional(db)
