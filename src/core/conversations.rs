@@ -338,33 +338,32 @@ pub async fn create(
         });
     };
 
-    let on_behalf = creator_id != principal.id;
-    let creator = NewParticipant {
-        participant_id: creator_id.clone(),
-        // Someone created on behalf of is described by the participants list, if at all.
-        participant_type: Some(if on_behalf {
-            others
-                .iter()
-                .find(|p| p.participant_id == creator_id)
-                .and_then(|p| p.participant_type.clone())
-                .unwrap_or_else(|| "user".into())
-        } else {
-            principal.kind.sender_type().to_owned()
-        }),
-        role: Some("owner".into()),
-        display_name: if on_behalf {
-            others
-                .iter()
-                .find(|p| p.participant_id == creator_id)
-                .and_then(|p| p.display_name.clone())
-        } else {
-            principal.name.clone()
-        },
+    // Someone created on behalf of is described by the participants list, if at all.
+    let named = others.iter().find(|p| p.participant_id == creator_id);
+    let creator = if creator_id != principal.id {
+        NewParticipant {
+            participant_id: creator_id.clone(),
+            participant_type: Some(
+                named
+                    .and_then(|p| p.participant_type.clone())
+                    .unwrap_or_else(|| "user".into()),
+            ),
+            role: Some("owner".into()),
+            display_name: named.and_then(|p| p.display_name.clone()),
+        }
+    } else {
+        NewParticipant {
+            participant_id: creator_id.clone(),
+            participant_type: Some(principal.kind.sender_type().to_owned()),
+            role: Some("owner".into()),
+            display_name: principal.name.clone(),
+        }
     };
-    super::participants::insert(&mut tx, id, &creator).await?;
-    for p in others.iter().filter(|p| p.participant_id != creator_id) {
-        super::participants::insert(&mut tx, id, p).await?;
-    }
+    // The creator comes first, so it is the one kept when the list names it too.
+    let mut everyone = Vec::with_capacity(others.len() + 1);
+    everyone.push(creator);
+    everyone.extend(others);
+    super::participants::insert_many(&mut tx, id, &everyone).await?;
     let conversation = fetch(&mut tx, &principal.id, id).await?;
     tx.commit().await?;
     Ok(Created {

@@ -228,9 +228,7 @@ pub async fn register_agent(
             "an agent cannot own itself",
         ));
     }
-    let (agent, is_new) =
-        upsert_owner(&state.db, &input.agent_id, &owner_id, input.name.as_deref()).await?;
-    Ok((agent, is_new))
+    upsert_owner(&state.db, &input.agent_id, &owner_id, input.name.as_deref()).await
 }
 
 async fn upsert_owner(

@@ -210,11 +210,35 @@ pub async fn add_many(
     }
     let access = Access::load(&state.db, principal, id).await?;
     access.require_manage("add participants")?;
-    // One row per id (the first mention wins), in id order: two overlapping batches then
-    // take their row locks in the same order and cannot deadlock.
-    let mut unique: Vec<&NewParticipant> = Vec::with_capacity(input.participants.len());
+    let mut conn = state.db.acquire().await?;
+    let (added, named) = insert_many(&mut conn, id, &input.participants).await?;
+    for participant in &added {
+        state.events.publish(Event {
+            kind: EventKind::ParticipantJoined,
+            conversation_id: id,
+            room: access.room.clone(),
+            data: json!({ "conversation_id": id, "participant": participant }),
+            origin: Default::default(),
+        });
+    }
+    Ok(AddedBatch {
+        already_present: named.saturating_sub(added.len()),
+        added,
+    })
+}
+
+/// Inserts participants with one statement; returns those that were not in yet, and how
+/// many distinct ids were named. One row per id (the first mention wins), in id order:
+/// two overlapping batches then take their row locks in the same order and cannot
+/// deadlock.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    conversation_id: Uuid,
+    participants: &[NewParticipant],
+) -> AppResult<(Vec<Participant>, usize)> {
+    let mut unique: Vec<&NewParticipant> = Vec::with_capacity(participants.len());
     let mut seen = std::collections::HashSet::new();
-    for p in &input.participants {
+    for p in participants {
         if seen.insert(p.participant_id.as_str()) {
             unique.push(p);
         }
@@ -236,26 +260,14 @@ pub async fn add_many(
         RETURNING participant_id, participant_type, role, display_name, joined_at, last_read_seq
         "#,
     )
-    .bind(id)
+    .bind(conversation_id)
     .bind(&ids)
     .bind(&types)
     .bind(&roles)
     .bind(&names)
-    .fetch_all(&state.db)
+    .fetch_all(conn)
     .await?;
-    for participant in &added {
-        state.events.publish(Event {
-            kind: EventKind::ParticipantJoined,
-            conversation_id: id,
-            room: access.room.clone(),
-            data: json!({ "conversation_id": id, "participant": participant }),
-            origin: Default::default(),
-        });
-    }
-    Ok(AddedBatch {
-        already_present: ids.len().saturating_sub(added.len()),
-        added,
-    })
+    Ok((added, ids.len()))
 }
 
 /// Removes a participant: the owner, an admin or service, or the participant themselves.

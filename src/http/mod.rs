@@ -253,11 +253,9 @@ where
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-            .map_err(|_| AppError::validation("the query string is not valid URL encoding"))?;
-        for (key, value) in &pairs {
-            crate::core::validate::no_nul(key, key)?;
-            crate::core::validate::no_nul(key, value)?;
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            crate::core::validate::no_nul(&key, &key)?;
+            crate::core::validate::no_nul(&key, &value)?;
         }
         let deserializer =
             serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
