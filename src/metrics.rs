@@ -94,3 +94,13 @@ pub fn delivery_gap_filled(n: usize) {
 pub fn delivery_duplicate() {
     counter!("colloquy_delivery_duplicates_total").increment(1);
 }
+
+/// A Socket.IO socket disconnected because its send buffer was full (it resumes).
+pub fn slow_consumer_disconnected() {
+    counter!("colloquy_slow_consumers_disconnected_total").increment(1);
+}
+
+/// Messages a resume or `join {since_seq}` read from the log for a client.
+pub fn resumed_messages(n: usize) {
+    counter!("colloquy_resumed_messages_total").increment(n as u64);
+}

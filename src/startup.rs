@@ -62,6 +62,27 @@ pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
         .connect_lazy_with(options.application_name("colloquy")))
 }
 
+/// The pool of the event bus and the delivery stage: a few connections of their own.
+pub fn delivery_pool(config: &Config) -> anyhow::Result<PgPool> {
+    let url = config
+        .database_url
+        .as_ref()
+        .context("DATABASE_URL is required")?;
+    let options: PgConnectOptions = url
+        .expose()
+        .parse()
+        .context("DATABASE_URL is not a valid Postgres URL")?;
+    Ok(PgPoolOptions::new()
+        .max_connections(DELIVERY_CONNECTIONS)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("colloquy-delivery")))
+}
+
+/// Connections of the delivery pool: the bus listener holds one, its relay and the log
+/// reads share the others.
+pub const DELIVERY_CONNECTIONS: u32 = 3;
+
 /// Runs migrations, retrying with backoff until the database answers.
 async fn migrate_with_retry(db: PgPool, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(200);
@@ -139,6 +160,7 @@ impl Server {
             )?),
             crate::config::SummaryProvider::Extractive => None,
         };
+        let delivery_db = delivery_pool(&config)?;
         let events = Events::new();
         let (writer, writers) = crate::core::writer::Writer::spawn(db.clone(), events.clone());
         let state = AppState {
@@ -151,6 +173,9 @@ impl Server {
             verifier: Arc::new(verifier),
             events,
             shutdown: CancellationToken::new(),
+            closing: CancellationToken::new(),
+            sends: tokio_util::task::TaskTracker::new(),
+            delivery_db,
             ready: Arc::new(AtomicBool::new(false)),
             owner_claims: Default::default(),
         };
@@ -178,6 +203,11 @@ impl Server {
 
         let (sio_layer, io) = realtime::socketio::layer(&state);
         background.push(realtime::fanout::spawn(
+            &state,
+            io.clone(),
+            realtime::socketio::namespaces(&state),
+        ));
+        background.push(realtime::inbox::spawn(
             &state,
             io.clone(),
             realtime::socketio::namespaces(&state),
@@ -247,9 +277,12 @@ impl Server {
         let app = MapRequestLayer::new(http::trim_trailing_slash).layer(app);
         tracing::info!(addr = %listener.local_addr()?, "colloquy listening");
         let graceful = {
-            let shutdown = shutdown.clone();
+            let state = state.clone();
             async move {
-                shutdown.cancelled().await;
+                state.shutdown.cancelled().await;
+                drain(&state).await;
+                // A send that came in meanwhile was refused at once: let its answer out.
+                let _ = tokio::time::timeout(Duration::from_secs(1), state.sends.wait()).await;
                 // Open websockets would otherwise hold the shutdown.
                 io.close().await;
             }
@@ -282,6 +315,27 @@ impl Server {
         tracing::info!("colloquy stopped");
         Ok(())
     }
+}
+
+/// Shutdown order (contract §4): new sends are already refused (`UNAVAILABLE`); every send
+/// taken before is answered; what was committed is delivered; only then do the transports
+/// close their sockets (`closing`).
+async fn drain(state: &AppState) {
+    let grace = Duration::from_secs(state.config.shutdown_grace_seconds.max(1));
+    state.sends.close();
+    if tokio::time::timeout(grace / 2, state.sends.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sends still unanswered at shutdown");
+    }
+    // Give the delivery stage and the fan-out time to hand on what was just committed.
+    let settle = tokio::time::Instant::now();
+    while !state.events.is_idle() && settle.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    state.closing.cancel();
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

@@ -17,8 +17,17 @@ pub struct AppState {
     /// Typing indicators per principal (not stored, but each one fans out to every member).
     pub typing_limiter: Arc<RateLimiter>,
     pub events: Events,
-    /// Cancelled when shutdown starts; readiness turns false at once.
+    /// Cancelled when shutdown starts; readiness turns false at once, new sends are
+    /// refused with `UNAVAILABLE`.
     pub shutdown: CancellationToken,
+    /// Cancelled once every send taken before shutdown is answered and delivered: the
+    /// transports close their sockets then.
+    pub closing: CancellationToken,
+    /// The sends in flight (each holds a token until it is answered).
+    pub sends: tokio_util::task::TaskTracker,
+    /// A small pool of its own for the event bus and the delivery stage's log reads, so
+    /// live delivery never waits behind requests for a connection.
+    pub delivery_db: PgPool,
     /// Set once migrations have run; API calls answer 503 until then.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// The OpenAI-compatible summary provider, when `SUMMARY_PROVIDER=openai`.
@@ -57,5 +66,12 @@ impl OwnerClaims {
 impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Counts a send in flight until the token drops (after its answer is out): shutdown
+    /// waits for every one taken before it. Sends that start after shutdown began are
+    /// refused by `messages::send` (`UNAVAILABLE`), so none is left unanswered.
+    pub fn send_in_flight(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.sends.token()
     }
 }

@@ -363,9 +363,19 @@ pub async fn create(
     let mut everyone = Vec::with_capacity(others.len() + 1);
     everyone.push(creator);
     everyone.extend(others);
-    super::participants::insert_many(&mut tx, id, &everyone).await?;
+    let (added, _) = super::participants::insert_many(&mut tx, id, &everyone).await?;
     let conversation = fetch(&mut tx, &principal.id, id).await?;
     tx.commit().await?;
+    // Each participant's devices hear of it (the inbox channel's `conversationAdded`).
+    for participant in added {
+        state.events.publish(Event {
+            kind: EventKind::ParticipantJoined,
+            conversation_id: id,
+            room: conversation.platform_conversation_id.clone(),
+            data: json!({ "conversation_id": id, "participant": participant }),
+            origin: Default::default(),
+        });
+    }
     Ok(Created {
         conversation,
         is_new: true,

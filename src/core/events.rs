@@ -60,6 +60,18 @@ pub struct Events {
     raw_rx: Arc<std::sync::Mutex<Option<mpsc::Receiver<Arc<Event>>>>>,
     /// Set when the cross-process bus runs: events published here are relayed to it.
     relay: Arc<OnceLock<mpsc::Sender<Arc<Event>>>>,
+    /// Conversations this process has clients in, with the last `seq` a client saw:
+    /// the delivery stage checks them against the log even while they are quiet.
+    watch: mpsc::Sender<Watch>,
+    watch_rx: Arc<std::sync::Mutex<Option<mpsc::Receiver<Watch>>>>,
+}
+
+/// "A client of this process follows this conversation, and has seen it up to `seq`"
+/// (a join or resume); without `seq`, a refresh of an earlier report.
+#[derive(Clone, Copy, Debug)]
+pub struct Watch {
+    pub conversation_id: Uuid,
+    pub seq: Option<i64>,
 }
 
 impl Default for Events {
@@ -76,11 +88,14 @@ impl Events {
         // Past this backlog the delivery stage is not keeping up; a message dropped here
         // is recovered from the log like any lost wake-up.
         let (raw, raw_rx) = mpsc::channel(16_384);
+        let (watch, watch_rx) = mpsc::channel(16_384);
         Self {
             local,
             raw,
             raw_rx: Arc::new(std::sync::Mutex::new(Some(raw_rx))),
             relay: Arc::new(OnceLock::new()),
+            watch,
+            watch_rx: Arc::new(std::sync::Mutex::new(Some(watch_rx))),
         }
     }
 
@@ -102,14 +117,36 @@ impl Events {
         }
     }
 
-    /// The delivery stage's input; taken once, by the stage.
-    pub fn take_input(&self) -> Option<mpsc::Receiver<Arc<Event>>> {
-        self.raw_rx.lock().ok()?.take()
+    /// The delivery stage's inputs (events, watches); taken once, by the stage.
+    pub fn take_input(&self) -> Option<(mpsc::Receiver<Arc<Event>>, mpsc::Receiver<Watch>)> {
+        let events = self.raw_rx.lock().ok()?.take()?;
+        let watches = self.watch_rx.lock().ok()?.take()?;
+        Some((events, watches))
+    }
+
+    /// Tells the delivery stage a local client follows `conversation_id` (joins, resumes,
+    /// and a periodic refresh for every followed conversation). Best effort: a full queue
+    /// only delays the next check.
+    pub fn watch(&self, conversation_id: Uuid, seq: Option<i64>) {
+        let _ = self.watch.try_send(Watch {
+            conversation_id,
+            seq,
+        });
     }
 
     /// Hands an event, in order, to the transports (the delivery stage calls this).
     pub fn forward(&self, event: Arc<Event>) {
         let _ = self.local.send(event);
+    }
+
+    /// Nothing waits between the writers and the transports (shutdown drains until so).
+    pub fn is_idle(&self) -> bool {
+        self.raw.capacity() == self.raw.max_capacity()
+            && self.local.is_empty()
+            && self
+                .relay
+                .get()
+                .is_none_or(|r| r.capacity() == r.max_capacity())
     }
 
     pub fn set_relay(&self, relay: mpsc::Sender<Arc<Event>>) {

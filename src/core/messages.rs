@@ -328,6 +328,9 @@ fn validate_send(state: &AppState, input: &mut SendMessage) -> AppResult<()> {
     Ok(())
 }
 
+/// How long a send waits for its commit before it is answered `UNAVAILABLE`.
+pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Persists a message and only then announces it.
 ///
 /// One statement takes the next `seq` (row-locking the conversation), inserts the message
@@ -341,6 +344,12 @@ pub async fn send(
     mut input: SendMessage,
     options: SendOptions,
 ) -> AppResult<Sent> {
+    if state.shutdown.is_cancelled() {
+        return Err(AppError::Unavailable(anyhow::anyhow!(
+            "the server is shutting down; send again (to another server)"
+        )));
+    }
+    let _in_flight = state.send_in_flight();
     validate_send(state, &mut input)?;
     let sender = resolve_sender(principal, &input)?;
     let metadata = input.metadata.clone().unwrap_or_else(|| json!({}));
@@ -352,26 +361,30 @@ pub async fn send(
     let attachments = serde_json::to_value(&input.attachments).map_err(anyhow::Error::from)?;
     // The write check rides in the statement (the caller is a participant, or privileged);
     // only when nothing was written does `Access::load` run, to say why.
-    let inserted = state
-        .writer
-        .write(Draft {
-            conversation_id,
-            id: Uuid::now_v7(),
-            sender_id: sender.id.clone(),
-            sender_name: sender.name.clone(),
-            sender_type: sender.kind.clone(),
-            text: input.text.clone(),
-            client_message_id: input.client_message_id.clone(),
-            platform_context,
-            attachments,
-            metadata,
-            thread_id: input.thread_id.clone(),
-            principal_id: principal.id.clone(),
-            privileged: principal.is_privileged(),
-            origin: options.origin,
-            source: options.source,
-        })
-        .await;
+    let write = state.writer.write(Draft {
+        conversation_id,
+        id: Uuid::now_v7(),
+        sender_id: sender.id.clone(),
+        sender_name: sender.name.clone(),
+        sender_type: sender.kind.clone(),
+        text: input.text.clone(),
+        client_message_id: input.client_message_id.clone(),
+        platform_context,
+        attachments,
+        metadata,
+        thread_id: input.thread_id.clone(),
+        principal_id: principal.id.clone(),
+        privileged: principal.is_privileged(),
+        origin: options.origin,
+        source: options.source,
+    });
+    // Under database trouble the caller hears back in bounded time; the send may still
+    // commit (and is then delivered), so a retry with the same client id is safe.
+    let Ok(inserted) = tokio::time::timeout(SEND_TIMEOUT, write).await else {
+        return Err(AppError::Unavailable(anyhow::anyhow!(
+            "the database did not answer in time; send again with the same client_message_id"
+        )));
+    };
 
     let message = match inserted {
         Ok(Some(row)) => row,

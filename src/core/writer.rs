@@ -104,6 +104,21 @@ impl Writer {
     }
 }
 
+/// Whether an error says the database cannot be reached (rather than rejecting a row).
+fn unreachable_database(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57") || c.starts_with("53")),
+        _ => false,
+    }
+}
+
 async fn run(db: PgPool, events: Events, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -119,6 +134,15 @@ async fn run(db: PgPool, events: Events, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
             let drafts: Vec<&Draft> = jobs.iter().map(|j| &j.draft).collect();
             match insert_batch(&db, &drafts).await {
                 Ok(rows) => stored.extend(rows.into_iter().map(|r| (r.row.id, r))),
+                Err(e) if unreachable_database(&e) => {
+                    // One by one would wait for a connection once per draft: everyone
+                    // hears at once instead, and retries with their client ids.
+                    tracing::warn!(error = %e, batch = jobs.len(), "database unreachable; batch not stored");
+                    for job in jobs.drain(..) {
+                        let _ = job.reply.send(Err(sqlx::Error::PoolTimedOut));
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, batch = jobs.len(), "batch not stored; sending one by one");
                 }

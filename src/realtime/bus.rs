@@ -6,8 +6,11 @@
 //! B and a `/ws` bot on C. NOTIFY payloads are limited to 8000 bytes: larger events are
 //! sent as a reference and re-read from the database by the receiver.
 //!
-//! Delivery is at most once: a process that loses its LISTEN connection misses what was
-//! sent meanwhile. Clients recover with `join {since_seq}` — every message is in Postgres.
+//! A notification is a wake-up, not the record: a process that loses its LISTEN
+//! connection (or a relay batch that fails) misses wake-ups, and its delivery stage reads
+//! the messages from the log instead (`realtime::delivery`). The bus has its own small
+//! pool (`AppState::delivery_db`), so it never waits behind requests for a connection,
+//! and it keeps running until shutdown has delivered every answered send.
 
 use std::{sync::Arc, time::Duration};
 
@@ -70,10 +73,10 @@ async fn rehydrate(state: &AppState, mut event: Event) -> Option<Event> {
         | EventKind::MessageUpdated
         | EventKind::MessageDeleted
         | EventKind::ReactionUpdated => {
-            serde_json::to_value(messages::fetch(&state.db, id).await.ok()?).ok()?
+            serde_json::to_value(messages::fetch(&state.delivery_db, id).await.ok()?).ok()?
         }
         EventKind::ConversationUpdated => {
-            let mut conn = state.db.acquire().await.ok()?;
+            let mut conn = state.delivery_db.acquire().await.ok()?;
             serde_json::to_value(conversations::fetch(&mut conn, "", id).await.ok()?).ok()?
         }
         _ => return None,
@@ -87,7 +90,12 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let (tx, rx) = mpsc::channel::<Arc<Event>>(16_384);
     state.events.set_relay(tx);
     vec![
-        tokio::spawn(relay(state.db.clone(), node, rx, state.shutdown.clone())),
+        tokio::spawn(relay(
+            state.delivery_db.clone(),
+            node,
+            rx,
+            state.closing.clone(),
+        )),
         tokio::spawn(listen(state.clone(), node)),
     ]
 }
@@ -138,7 +146,7 @@ async fn send(db: &PgPool, node: Uuid, batch: &[Arc<Event>]) {
 async fn listen(state: AppState, node: Uuid) {
     let mut delay = Duration::from_millis(200);
     loop {
-        if state.shutdown.is_cancelled() {
+        if state.closing.is_cancelled() {
             return;
         }
         match run_listener(&state, node).await {
@@ -149,20 +157,20 @@ async fn listen(state: AppState, node: Uuid) {
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = state.shutdown.cancelled() => return,
+            _ = state.closing.cancelled() => return,
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
 async fn run_listener(state: &AppState, node: Uuid) -> anyhow::Result<()> {
-    let mut listener = PgListener::connect_with(&state.db).await?;
+    let mut listener = PgListener::connect_with(&state.delivery_db).await?;
     listener.listen(CHANNEL).await?;
     tracing::debug!("listening for events from other processes");
     loop {
         let notification = tokio::select! {
             n = listener.try_recv() => n?,
-            _ = state.shutdown.cancelled() => return Ok(()),
+            _ = state.closing.cancelled() => return Ok(()),
         };
         // `None`: the connection dropped; events may have been missed (clients gap-fill).
         let Some(notification) = notification else {

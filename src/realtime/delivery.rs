@@ -9,7 +9,11 @@
 //!   the log and forwarded first;
 //! - every [`SWEEP_EVERY`], conversations active in the last [`ACTIVE_FOR`] are checked
 //!   against the log, so a message whose wake-up never came at all (the process that
-//!   stored it died before announcing it) is delivered too.
+//!   stored it died before announcing it) is delivered too;
+//! - conversations a local client follows (joins, resumes and `/ws` sessions report
+//!   them, and refresh the report while they stay) are tracked even when no wake-up for
+//!   them ever arrives, and checked against the log every [`WATCHED_SWEEP_EVERY`] while
+//!   quiet: a conversation whose every wake-up was lost still reaches its members.
 //!
 //! So a lost or reordered wake-up costs latency, never a message or the order. Database
 //! reads run in their own tasks; the stage itself never waits on the database, and other
@@ -27,7 +31,7 @@ use uuid::Uuid;
 
 use crate::{
     core::{
-        events::{Event, EventKind, Events, Origin},
+        events::{Event, EventKind, Events, Origin, Watch},
         messages::{Message, Row, message_select},
     },
     state::AppState,
@@ -48,6 +52,12 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 const SWEEP_MIN_AGE_MS: i64 = 500;
 /// Most messages one read from the log returns.
 const FILL_LIMIT: i64 = 1000;
+/// How often quiet conversations that local clients follow are checked against the log.
+pub const WATCHED_SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// A follow report lasts this long; transports refresh theirs well within it.
+const WATCH_LASTS: Duration = Duration::from_secs(60);
+/// How often transports refresh their follow reports.
+pub const WATCH_REFRESH: Duration = Duration::from_secs(20);
 
 struct Track {
     /// Last `seq` handed on; `None` while warming up.
@@ -59,6 +69,11 @@ struct Track {
     /// A read from the log is under way.
     filling: bool,
     active: Instant,
+    /// Until when a local client follows the conversation.
+    watched_until: Option<Instant>,
+    /// The highest `seq` a follower reported: where a track born from a follow report
+    /// starts when no wake-up came during the warm-up.
+    hint: Option<i64>,
 }
 
 impl Track {
@@ -70,7 +85,13 @@ impl Track {
             gap_since: None,
             filling: false,
             active: now,
+            watched_until: None,
+            hint: None,
         }
+    }
+
+    fn watched(&self, now: Instant) -> bool {
+        self.watched_until.is_some_and(|u| u > now)
     }
 }
 
@@ -86,17 +107,34 @@ pub fn spawn(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
     Some(tokio::spawn(run(state, input)))
 }
 
-async fn run(state: AppState, mut input: mpsc::Receiver<Arc<Event>>) {
+async fn run(
+    state: AppState,
+    (mut input, mut watches): (mpsc::Receiver<Arc<Event>>, mpsc::Receiver<Watch>),
+) {
     let (filled_tx, mut filled) = mpsc::channel::<Filled>(256);
     let mut tracks: HashMap<Uuid, Track> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_sweep = Instant::now();
+    let mut last_watched_sweep = Instant::now();
     loop {
         tokio::select! {
             event = input.recv() => {
                 let Some(event) = event else { return };
                 accept(&state.events, &mut tracks, event);
+            }
+            Some(watch) = watches.recv() => {
+                let now = Instant::now();
+                let track = match (tracks.get_mut(&watch.conversation_id), watch.seq) {
+                    (Some(track), _) => track,
+                    (None, Some(_)) => tracks.entry(watch.conversation_id).or_insert_with(|| Track::new(now)),
+                    // A refresh for a conversation no longer tracked: the next join reports it.
+                    (None, None) => continue,
+                };
+                track.watched_until = Some(now + WATCH_LASTS);
+                if let Some(seq) = watch.seq {
+                    track.hint = Some(track.hint.map_or(seq, |h| h.max(seq)));
+                }
             }
             Some(fill) = filled.recv() => {
                 if let Some(track) = tracks.get_mut(&fill.conversation_id) {
@@ -116,11 +154,18 @@ async fn run(state: AppState, mut input: mpsc::Receiver<Arc<Event>>) {
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                tracks.retain(|_, t| !(t.pending.is_empty() && !t.filling && now - t.active > FORGET_AFTER));
+                tracks.retain(|_, t| {
+                    !t.pending.is_empty() || t.filling || t.watched(now) || now - t.active <= FORGET_AFTER
+                });
                 for (id, track) in tracks.iter_mut() {
                     if track.delivered.is_none() && now - track.born >= WARM_UP {
-                        let first = track.pending.keys().next().copied().unwrap_or(1);
-                        track.delivered = Some(first - 1);
+                        // Where the stream starts: before the first wake-up that came, or
+                        // (a track born from a follow report) where the follower stood.
+                        track.delivered = match (track.pending.keys().next(), track.hint) {
+                            (Some(first), _) => Some(first - 1),
+                            (None, Some(hint)) => Some(hint),
+                            (None, None) => Some(0),
+                        };
                         flush(&state.events, track, now);
                     }
                     if let (Some(since), Some(delivered), false) = (track.gap_since, track.delivered, track.filling)
@@ -133,9 +178,17 @@ async fn run(state: AppState, mut input: mpsc::Receiver<Arc<Event>>) {
                 }
                 if now - last_sweep >= SWEEP_EVERY {
                     last_sweep = now;
+                    let watched_too = now - last_watched_sweep >= WATCHED_SWEEP_EVERY;
+                    if watched_too {
+                        last_watched_sweep = now;
+                    }
                     let due: Vec<(Uuid, i64)> = tracks
                         .iter_mut()
-                        .filter(|(_, t)| !t.filling && t.pending.is_empty() && now - t.active <= ACTIVE_FOR)
+                        .filter(|(_, t)| {
+                            !t.filling
+                                && t.pending.is_empty()
+                                && (now - t.active <= ACTIVE_FOR || (watched_too && t.watched(now)))
+                        })
                         .filter_map(|(id, t)| {
                             let delivered = t.delivered?;
                             t.filling = true;
@@ -209,7 +262,7 @@ fn spawn_fill(
     from: Vec<(Uuid, i64)>,
     until: Option<i64>,
 ) {
-    let db = state.db.clone();
+    let db = state.delivery_db.clone();
     let filled = filled.clone();
     tokio::spawn(async move {
         let ids: Vec<Uuid> = from.iter().map(|(id, _)| *id).collect();

@@ -1,25 +1,41 @@
 //! Turns committed core events into Socket.IO emits on every served namespace.
 //!
-//! Slow consumers: each socket has a bounded buffer; when it is full the emit to that
-//! socket is dropped (and counted), the room goes on. A client that missed messages
-//! fills the gap with `join {since_seq}` or the history API — the database is the record.
+//! Messages go to each socket of the room through its [`Cursor`] (exactly once, in `seq`
+//! order, also across a join's or resume's log read). If this task ever falls behind the
+//! delivery stage and skips events, the hole it finds in a conversation's `seq` is read
+//! back from the log before the next message goes out. A socket whose own buffer is full
+//! is disconnected (it resumes from its last `seq`), never silently skipped.
+//!
+//! Everything else (edits, reactions, reads, typing, membership) goes to the room as it
+//! comes: best effort, as the contract says.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::{payload, room, socket_room};
+use super::{
+    cursor::{Cursor, Outgoing},
+    payload, room, socket_room,
+};
 use crate::{
     auth::Principal,
     core::{
         access,
-        events::{Event, EventKind},
+        events::{Event, EventKind, Origin},
+        history,
     },
     state::AppState,
 };
+
+/// A conversation's last emitted `seq` is forgotten after this long without messages.
+const FORGET_AFTER: Duration = Duration::from_secs(900);
 
 /// The Socket.IO events one core event becomes: (name, payload, include the origin socket).
 pub fn socket_events(event: &Event) -> Vec<(&'static str, Value, bool)> {
@@ -110,6 +126,85 @@ async fn revalidate_all(state: &AppState, io: &SocketIo, namespaces: &[String]) 
     }
 }
 
+/// Where each conversation's stream stands on this task, to notice skipped messages.
+#[derive(Default)]
+struct Emitted(HashMap<Uuid, (i64, Instant)>);
+
+impl Emitted {
+    fn housekeep(&mut self) {
+        let now = Instant::now();
+        self.0.retain(|_, (_, at)| now - *at < FORGET_AFTER);
+    }
+}
+
+/// One message to every socket of its room, each through its cursor. When this task
+/// skipped messages (it fell behind), the skipped ones are read from the log first.
+async fn deliver_message(
+    state: &AppState,
+    io: &SocketIo,
+    namespaces: &[String],
+    emitted: &mut Emitted,
+    event: &Arc<Event>,
+    seq: i64,
+) {
+    let last = emitted.0.get(&event.conversation_id).map(|(s, _)| *s);
+    if last.is_some_and(|l| seq <= l) {
+        return;
+    }
+    if let Some(last) = last.filter(|l| seq > l + 1) {
+        let skipped = tokio::time::timeout(
+            Duration::from_secs(5),
+            history::since(state, event.conversation_id, last, seq - last - 1),
+        )
+        .await;
+        match skipped {
+            Ok(Ok(messages)) => {
+                crate::metrics::delivery_gap_filled(messages.len());
+                for message in messages.into_iter().filter(|m| m.seq < seq) {
+                    let Ok(data) = serde_json::to_value(&message) else {
+                        continue;
+                    };
+                    let filled = Arc::new(Event {
+                        kind: EventKind::MessageCreated,
+                        conversation_id: event.conversation_id,
+                        room: message.platform_context.room_id.clone(),
+                        data,
+                        origin: Origin {
+                            socket_id: None,
+                            echo: true,
+                        },
+                    });
+                    offer_to_room(io, namespaces, &filled, message.seq);
+                }
+            }
+            _ => tracing::warn!(
+                conversation_id = %event.conversation_id,
+                "could not read skipped messages from the log; sockets that miss them resume"
+            ),
+        }
+    }
+    offer_to_room(io, namespaces, event, seq);
+    emitted
+        .0
+        .insert(event.conversation_id, (seq, Instant::now()));
+}
+
+fn offer_to_room(io: &SocketIo, namespaces: &[String], event: &Arc<Event>, seq: i64) {
+    let out = Outgoing::new(&event.room, &event.data);
+    let target = room(event.conversation_id);
+    let mut delivered = 0;
+    for ns in namespaces {
+        let Some(op) = io.of(ns.as_str()) else {
+            continue;
+        };
+        for socket in op.within(target.clone()).sockets() {
+            Cursor::of(&socket).offer(&socket, event, seq, &out);
+            delivered += 1;
+        }
+    }
+    crate::metrics::broadcast_delivered("socketio", delivered);
+}
+
 async fn deliver(io: &SocketIo, namespaces: &[String], event: &Arc<Event>) {
     let target = room(event.conversation_id);
     for (name, data, include_origin) in socket_events(event) {
@@ -122,11 +217,55 @@ async fn deliver(io: &SocketIo, namespaces: &[String], event: &Arc<Event>) {
                 op = op.except(socket_room(sid));
             }
             if let Err(e) = op.emit(name, &data).await {
-                tracing::debug!(error = %e, event = name, "some sockets missed a broadcast");
+                tracing::debug!(error = %e, event = name, "some sockets missed an event");
             }
         }
     }
-    crate::metrics::broadcast_delivered("socketio", 1);
+}
+
+/// After skipped events: every conversation this task has emitted to is read from the log
+/// after its last emitted `seq`, and what is there goes out.
+async fn catch_up(state: &AppState, io: &SocketIo, namespaces: &[String], emitted: &mut Emitted) {
+    let positions: Vec<(Uuid, i64)> = emitted.0.iter().map(|(id, (seq, _))| (*id, *seq)).collect();
+    for (conversation_id, last) in positions {
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            history::since(state, conversation_id, last, 1000),
+        )
+        .await;
+        let Ok(Ok(messages)) = read else { continue };
+        for message in messages {
+            let seq = message.seq;
+            let Ok(data) = serde_json::to_value(&message) else {
+                continue;
+            };
+            let event = Arc::new(Event {
+                kind: EventKind::MessageCreated,
+                conversation_id,
+                room: message.platform_context.room_id.clone(),
+                data,
+                origin: Origin {
+                    socket_id: None,
+                    echo: true,
+                },
+            });
+            deliver_message(state, io, namespaces, emitted, &event, seq).await;
+        }
+    }
+}
+
+/// Tells the delivery stage, now and then, which conversations this process's sockets
+/// are in, so quiet ones are still checked against the log.
+async fn refresh_watches(state: &AppState, io: &SocketIo, namespaces: &[String]) {
+    for ns in namespaces {
+        if let Some(op) = io.of(ns.as_str())
+            && let Ok(rooms) = op.rooms().await
+        {
+            for id in rooms.iter().filter_map(|r| Uuid::parse_str(r).ok()) {
+                state.events.watch(id, None);
+            }
+        }
+    }
 }
 
 pub fn spawn(
@@ -137,10 +276,27 @@ pub fn spawn(
     let mut rx = state.events.subscribe();
     let state = state.clone();
     tokio::spawn(async move {
+        let mut emitted = Emitted::default();
+        let mut refresh = tokio::time::interval(super::delivery::WATCH_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            match rx.recv().await {
+            let received = tokio::select! {
+                received = rx.recv() => received,
+                _ = refresh.tick() => {
+                    refresh_watches(&state, &io, &namespaces).await;
+                    emitted.housekeep();
+                    continue;
+                }
+            };
+            match received {
                 Ok(event) => {
-                    deliver(&io, &namespaces, &event).await;
+                    match (event.kind, event.data["seq"].as_i64()) {
+                        (EventKind::MessageCreated, Some(seq)) => {
+                            deliver_message(&state, &io, &namespaces, &mut emitted, &event, seq)
+                                .await
+                        }
+                        _ => deliver(&io, &namespaces, &event).await,
+                    }
                     match event.kind {
                         EventKind::ParticipantLeft => {
                             revoke(&state, &io, &namespaces, event.conversation_id).await
@@ -161,11 +317,14 @@ pub fn spawn(
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(
                         skipped = n,
-                        "socket fan-out fell behind; clients gap-fill on rejoin"
+                        "socket fan-out fell behind; skipped messages are read from the log"
                     );
                     // A removal may be among the skipped events: every conversation room
                     // on this process is checked again.
                     revalidate_all(&state, &io, &namespaces).await;
+                    // And messages may be: each conversation's stream is read back from
+                    // where it stood here (later ones then fill their own holes).
+                    catch_up(&state, &io, &namespaces, &mut emitted).await;
                 }
                 Err(RecvError::Closed) => return,
             }

@@ -2,9 +2,12 @@
 //! cross-process relay that makes several processes act as one server.
 
 pub mod bus;
+pub mod cursor;
 pub mod delivery;
 pub mod fanout;
+pub mod inbox;
 pub mod payload;
+pub mod protocol;
 pub mod socketio;
 pub mod ws;
 

@@ -14,7 +14,12 @@ use socketioxide::{
 };
 use uuid::Uuid;
 
-use super::{payload, room, socket_room};
+use super::{
+    cursor::Cursor,
+    payload,
+    protocol::{self, HandshakeAuth, Positions},
+    room, socket_room,
+};
 use crate::{
     auth::{Principal, PrincipalKind},
     core::{
@@ -31,8 +36,13 @@ use crate::{
     state::AppState,
 };
 
-/// Most messages a `join {since_seq}` returns; beyond that, page with the history API.
+/// Most messages a `join {since_seq}` ack carries; beyond that, page with the history API.
 pub const MAX_GAP_FILL: i64 = 1000;
+/// Most messages a resume (or an ack-less `join {since_seq}`) sends per conversation;
+/// further back, the client reads history.
+pub const MAX_RESUME: i64 = 10_000;
+/// Most conversations one resume names.
+pub const MAX_RESUME_CONVERSATIONS: usize = 1000;
 
 pub fn layer(state: &AppState) -> (SocketIoLayer, SocketIo) {
     let (layer, io) = SocketIo::builder()
@@ -60,9 +70,17 @@ async fn authenticate(
     State(state): State<AppState>,
 ) -> Result<(), AppError> {
     let parts = socket.req_parts();
-    let from_auth = auth
-        .ok()
-        .and_then(|a| a.get("token").and_then(Value::as_str).map(str::to_owned));
+    let auth: HandshakeAuth = match auth {
+        Ok(a) if a.is_object() => {
+            validate::untrusted_json(&a)?;
+            protocol::parse(a)?
+        }
+        _ => HandshakeAuth::default(),
+    };
+    if let Some(resume) = auth.resume {
+        socket.extensions.insert(PendingResume(resume));
+    }
+    let from_auth = auth.token;
     let from_header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
@@ -81,6 +99,8 @@ async fn authenticate(
         Some(token) => {
             let principal = state.verifier.verify(token.trim())?;
             crate::core::insights::record_owner_claim(&state, &principal).await?;
+            // Every socket of a principal hears its inbox (contract §4).
+            socket.join(super::inbox::room(&principal.id));
             socket.extensions.insert(principal);
             register(&socket);
             Ok(())
@@ -126,8 +146,23 @@ fn register(socket: &SocketRef) {
     crate::metrics::connection_opened("socketio");
     socket.on_disconnect(async |_: SocketRef| crate::metrics::connection_closed("socketio"));
 
-    on_event!(socket, "join", join);
+    socket.on(
+        "join",
+        async |s: SocketRef,
+               ExactNumbers(numbers): ExactNumbers,
+               TryData(d): TryData<Value>,
+               ack: Ack,
+               State(st): State<AppState>| {
+            let wants_ack = ack.0;
+            let r = match numbers.and_then(|()| data(d)) {
+                Ok(d) => join(&st, &s, d, wants_ack).await,
+                Err(e) => Err(e),
+            };
+            answer_join(&st, &s, ack, "join", r).await;
+        },
+    );
     on_event!(socket, "leave", leave);
+    on_event!(socket, "resume", resume_event);
     socket.on(
         "join_all",
         async |s: SocketRef, ack: Ack, State(st): State<AppState>| {
@@ -146,6 +181,8 @@ fn register(socket: &SocketRef) {
                ack: Ack,
                State(st): State<AppState>| {
             let started = Instant::now();
+            // Until the ack is out: shutdown waits for it.
+            let _in_flight = st.send_in_flight();
             let r = match numbers.and_then(|()| data(d)) {
                 Ok(d) => chat_message(&st, &s, d, false).await,
                 Err(e) => Err(e),
@@ -154,7 +191,22 @@ fn register(socket: &SocketRef) {
             respond(&s, ack, "chat_message", r);
         },
     );
-    on_event!(socket, "message", eliza_envelope);
+    socket.on(
+        "message",
+        async |s: SocketRef,
+               ExactNumbers(numbers): ExactNumbers,
+               TryData(d): TryData<Value>,
+               ack: Ack,
+               State(st): State<AppState>| {
+            let wants_ack = ack.0;
+            let _in_flight = st.send_in_flight();
+            let r = match numbers.and_then(|()| data(d)) {
+                Ok(d) => eliza_envelope(&st, &s, d, wants_ack).await,
+                Err(e) => Err(e),
+            };
+            answer_join(&st, &s, ack, "message", r).await;
+        },
+    );
     on_event!(socket, "typing", typing);
     on_event!(socket, "mark_read", mark_read);
     on_event!(socket, "complete", complete);
@@ -168,6 +220,172 @@ async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
     {
         tracing::warn!(error = %e, "auto-join for agent failed");
     }
+    // A resume named in the handshake: back into the rooms, missed messages first, then
+    // `resumed` says where each conversation stands.
+    if let Some(PendingResume(positions)) = socket.extensions.remove::<PendingResume>() {
+        let outcome = match identity(&state, &socket, &Value::Null) {
+            Ok(principal) => resume(&state, &socket, &principal, positions).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(outcome) => {
+                let _ = socket.emit("resumed", &outcome);
+            }
+            Err(e) => {
+                let mut body = serde_json::to_value(e.body()).unwrap_or(Value::Null);
+                body["event"] = json!("resume");
+                let _ = socket.emit("error", &body);
+            }
+        }
+    }
+}
+
+/// The handshake's `auth.resume`, kept until the connect handler runs it.
+#[derive(Clone)]
+struct PendingResume(Positions);
+
+/// What a join answers, and the hold to end once the answer is out.
+type Joined = (Value, Option<Release>);
+
+/// A join with `since_seq` held the socket's live messages of the conversation while it
+/// read the log: they are released after the ack (which carries the log read), so the
+/// client sees the ack first and the live stream from the next `seq` on.
+struct Release {
+    conversation_id: Uuid,
+    since: i64,
+    backlog: Vec<crate::core::messages::Message>,
+    /// No ack callback to carry the backlog: it goes out as `messageBroadcast`s.
+    emit_backlog: bool,
+}
+
+async fn answer_join(
+    state: &AppState,
+    socket: &SocketRef,
+    ack: Ack,
+    event: &str,
+    result: AppResult<Joined>,
+) {
+    let (result, release) = match result {
+        Ok((data, release)) => (Ok(data), release),
+        Err(e) => (Err(e), None),
+    };
+    respond(socket, ack, event, result);
+    if let Some(r) = release {
+        let cursor = Cursor::of(socket);
+        if let Some(last) = cursor
+            .release(
+                socket,
+                r.conversation_id,
+                r.since,
+                &r.backlog,
+                r.emit_backlog,
+            )
+            .await
+        {
+            state.events.watch(r.conversation_id, Some(last));
+        }
+    }
+}
+
+/// Reads what a client missed after `since`, up to [`MAX_RESUME`] messages; `true` when
+/// that is everything.
+async fn read_backlog(
+    state: &AppState,
+    conversation_id: Uuid,
+    since: i64,
+) -> AppResult<(Vec<crate::core::messages::Message>, bool)> {
+    let mut backlog = vec![];
+    let mut after = since;
+    loop {
+        let page = history::since(state, conversation_id, after, MAX_GAP_FILL).await?;
+        let full = page.len() as i64 == MAX_GAP_FILL;
+        if let Some(last) = page.last() {
+            after = last.seq;
+        }
+        backlog.extend(page);
+        if !full {
+            return Ok((backlog, true));
+        }
+        if backlog.len() as i64 >= MAX_RESUME {
+            return Ok((backlog, false));
+        }
+    }
+}
+
+/// Puts the socket back into each named conversation it may still read, sends what it
+/// missed there in `seq` order before any newer message, and says where each stands.
+async fn resume(
+    state: &AppState,
+    socket: &SocketRef,
+    principal: &Principal,
+    positions: Positions,
+) -> AppResult<Value> {
+    if positions.len() > MAX_RESUME_CONVERSATIONS {
+        return Err(AppError::invalid_field(
+            "conversations",
+            format!("at most {MAX_RESUME_CONVERSATIONS} conversations per resume"),
+        ));
+    }
+    let mut resumed = vec![];
+    let mut failed = vec![];
+    for (key, since) in positions {
+        match resume_one(state, socket, principal, &key, since).await {
+            Ok(done) => resumed.push(done),
+            Err(e) => failed.push(
+                json!({ "conversation_id": key, "code": e.code(), "message": e.to_string() }),
+            ),
+        }
+    }
+    Ok(json!({ "conversations": resumed, "failed": failed }))
+}
+
+async fn resume_one(
+    state: &AppState,
+    socket: &SocketRef,
+    principal: &Principal,
+    key: &str,
+    since: i64,
+) -> AppResult<Value> {
+    if since < 0 {
+        return Err(AppError::invalid_field("since", "must not be negative"));
+    }
+    validate::id("conversation_id", key)?;
+    let conversation_id =
+        payload::conversation_ref(state, &json!({ "conversation_id": key })).await?;
+    let cursor = Cursor::of(socket);
+    cursor.hold(conversation_id);
+    if let Err(e) = join_checked(state, socket, principal, conversation_id).await {
+        cursor.forget(conversation_id);
+        return Err(e);
+    }
+    let (backlog, complete) = match read_backlog(state, conversation_id, since).await {
+        Ok(read) => read,
+        Err(e) => {
+            socket.leave(room(conversation_id));
+            cursor.forget(conversation_id);
+            return Err(e);
+        }
+    };
+    crate::metrics::resumed_messages(backlog.len());
+    let last = cursor
+        .release(socket, conversation_id, since, &backlog, true)
+        .await
+        .ok_or_else(|| AppError::Unavailable(anyhow::anyhow!("the socket closed")))?;
+    state.events.watch(conversation_id, Some(last));
+    Ok(json!({
+        "conversation_id": conversation_id,
+        "from_seq": since,
+        "last_seq": last,
+        "delivered": backlog.len(),
+        // `false`: more than MAX_RESUME were missed; read the rest from history.
+        "complete": complete,
+    }))
+}
+
+async fn resume_event(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value> {
+    let principal = identity(state, socket, &p)?;
+    let request: protocol::Resume = protocol::parse(p)?;
+    resume(state, socket, &principal, request.conversations).await
 }
 
 /// The packet's numbers checked on its raw text (contract §3: numbers that would not read
@@ -271,11 +489,19 @@ fn identity(state: &AppState, socket: &SocketRef, p: &Value) -> AppResult<Princi
     Ok(principal)
 }
 
-async fn join(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value> {
+async fn join(
+    state: &AppState,
+    socket: &SocketRef,
+    p: Value,
+    wants_ack: bool,
+) -> AppResult<Joined> {
     payload::require_object(&p)?;
     let principal = identity(state, socket, &p)?;
     let conversation_id = payload::conversation_ref(state, &p).await?;
     let since = payload::int_field(&p, &["since_seq", "sinceSeq"])?;
+    if since.is_some_and(|s| s < 0) {
+        return Err(AppError::invalid_field("since_seq", "must not be negative"));
+    }
     if state.config.socket_allow_anonymous && socket.extensions.get::<Anonymous>().is_some() {
         // Legacy clients are not registered anywhere else: joining makes them a participant.
         let mut conn = state.db.acquire().await?;
@@ -287,17 +513,50 @@ async fn join(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value
         .await?;
     }
     let conversation = conversations::get(state, &principal, conversation_id).await?;
-    join_checked(state, socket, &principal, conversation_id).await?;
-    let mut data = json!({ "conversation": conversation, "conversation_id": conversation_id });
-    if let Some(since) = since {
-        if since < 0 {
-            return Err(AppError::invalid_field("since_seq", "must not be negative"));
-        }
-        let missed = history::since(state, conversation_id, since, MAX_GAP_FILL).await?;
-        data["has_more"] = json!(conversation.last_seq - since > MAX_GAP_FILL);
-        data["messages"] = serde_json::to_value(missed).map_err(anyhow::Error::from)?;
+    let Some(since) = since else {
+        join_checked(state, socket, &principal, conversation_id).await?;
+        state
+            .events
+            .watch(conversation_id, Some(conversation.last_seq));
+        let data = json!({ "conversation": conversation, "conversation_id": conversation_id });
+        return Ok((data, None));
+    };
+    // Live messages wait while the log is read, so the two never overlap or cross.
+    let cursor = Cursor::of(socket);
+    cursor.hold(conversation_id);
+    if let Err(e) = join_checked(state, socket, &principal, conversation_id).await {
+        cursor.forget(conversation_id);
+        return Err(e);
     }
-    Ok(data)
+    let read = if wants_ack {
+        history::since(state, conversation_id, since, MAX_GAP_FILL)
+            .await
+            .map(|m| (m, true))
+    } else {
+        read_backlog(state, conversation_id, since).await
+    };
+    let (missed, _) = match read {
+        Ok(read) => read,
+        Err(e) => {
+            socket.leave(room(conversation_id));
+            cursor.forget(conversation_id);
+            return Err(e);
+        }
+    };
+    crate::metrics::resumed_messages(missed.len());
+    let last = missed.last().map_or(since, |m| m.seq.max(since));
+    let mut data = json!({ "conversation": conversation, "conversation_id": conversation_id });
+    data["has_more"] = json!(conversation.last_seq.max(last) - since > MAX_GAP_FILL && wants_ack);
+    if wants_ack {
+        data["messages"] = serde_json::to_value(&missed).map_err(anyhow::Error::from)?;
+    }
+    let release = Release {
+        conversation_id,
+        since,
+        backlog: missed,
+        emit_backlog: !wants_ack,
+    };
+    Ok((data, Some(release)))
 }
 
 /// Marks sockets that connected without a token.
@@ -309,6 +568,7 @@ async fn leave(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Valu
     identity(state, socket, &p)?;
     let conversation_id = payload::conversation_ref(state, &p).await?;
     socket.leave(room(conversation_id));
+    Cursor::of(socket).forget(conversation_id);
     Ok(json!({ "conversation_id": conversation_id, "left": true }))
 }
 
@@ -414,7 +674,12 @@ async fn chat_message(
 }
 
 /// elizaOS envelope: `{type: 1, payload}` joins, `{type: 2, payload}` sends.
-async fn eliza_envelope(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value> {
+async fn eliza_envelope(
+    state: &AppState,
+    socket: &SocketRef,
+    p: Value,
+    wants_ack: bool,
+) -> AppResult<Joined> {
     payload::require_object(&p)?;
     let kind = p.get("type").and_then(|t| {
         t.as_i64()
@@ -423,37 +688,40 @@ async fn eliza_envelope(state: &AppState, socket: &SocketRef, p: Value) -> AppRe
     let body = p.get("payload").cloned().unwrap_or(Value::Null);
     payload::require_object(&body)?;
     match kind {
-        Some(1) => join(state, socket, body).await,
-        Some(2) => {
-            let principal = identity(state, socket, &body)?;
-            let sender = payload::str_field(&body, &["senderId", "sender_id"]);
-            // A client echoing someone else's broadcast back to us.
-            if sender.is_some_and(|s| s != principal.id) && !principal.is_service() {
-                return Ok(
-                    json!({ "ignored": true, "reason": "senderId is not the caller (echoed broadcast)" }),
-                );
-            }
-            let has_client_id = payload::str_field(&body, &["messageId"]).is_some();
-            if !has_client_id && is_recent_repeat(state, &principal, &body).await? {
-                return Ok(
-                    json!({ "ignored": true, "reason": "repeat of a message sent in the last minute" }),
-                );
-            }
-            // elizaOS clients expect replies in the room they send to, joined or not yet.
-            if let Ok(conversation_id) = payload::conversation_ref(state, &body).await
-                && Access::load(&state.db, &principal, conversation_id)
-                    .await
-                    .is_ok()
-            {
-                join_checked(state, socket, &principal, conversation_id).await?;
-            }
-            chat_message(state, socket, body, has_client_id).await
-        }
+        Some(1) => join(state, socket, body, wants_ack).await,
+        Some(2) => eliza_send(state, socket, body).await.map(|v| (v, None)),
         _ => Err(AppError::invalid_field(
             "type",
             "must be 1 (join) or 2 (send)",
         )),
     }
+}
+
+/// elizaOS type 2: a send, with the echo rules of contract §4.
+async fn eliza_send(state: &AppState, socket: &SocketRef, body: Value) -> AppResult<Value> {
+    let principal = identity(state, socket, &body)?;
+    let sender = payload::str_field(&body, &["senderId", "sender_id"]);
+    // A client echoing someone else's broadcast back to us.
+    if sender.is_some_and(|s| s != principal.id) && !principal.is_service() {
+        return Ok(
+            json!({ "ignored": true, "reason": "senderId is not the caller (echoed broadcast)" }),
+        );
+    }
+    let has_client_id = payload::str_field(&body, &["messageId"]).is_some();
+    if !has_client_id && is_recent_repeat(state, &principal, &body).await? {
+        return Ok(
+            json!({ "ignored": true, "reason": "repeat of a message sent in the last minute" }),
+        );
+    }
+    // elizaOS clients expect replies in the room they send to, joined or not yet.
+    if let Ok(conversation_id) = payload::conversation_ref(state, &body).await
+        && Access::load(&state.db, &principal, conversation_id)
+            .await
+            .is_ok()
+    {
+        join_checked(state, socket, &principal, conversation_id).await?;
+    }
+    chat_message(state, socket, body, has_client_id).await
 }
 
 async fn is_recent_repeat(

@@ -21,6 +21,7 @@ use crate::{
     core::{
         access::Access,
         events::{Event, EventKind, Origin},
+        history,
         messages::{self, SendMessage, SendOptions},
         validate,
     },
@@ -32,6 +33,15 @@ use crate::{
 pub struct WsParams {
     session_id: Option<String>,
     token: Option<String>,
+    /// Reconnecting: the last `seq` the client has; what came after is sent first.
+    since_seq: Option<i64>,
+}
+
+/// What a session starts from: who, where, and from which `seq` on.
+struct Prepared {
+    principal: Principal,
+    access: Access,
+    since_seq: Option<i64>,
 }
 
 /// Always upgrades a real WebSocket request, then refuses in-band when it must (contract
@@ -56,24 +66,23 @@ pub async fn handler(
     let prepared = prepare(&state, query.as_deref().unwrap_or_default(), &headers).await;
     ws.on_upgrade(move |socket| async move {
         match prepared {
-            Ok((principal, access)) => session(state, principal, access, events, socket).await,
+            Ok(prepared) => session(state, prepared, events, socket).await,
             Err(e) => refuse(socket, &e).await,
         }
     })
 }
 
-async fn prepare(
-    state: &AppState,
-    query: &str,
-    headers: &HeaderMap,
-) -> AppResult<(Principal, Access)> {
+async fn prepare(state: &AppState, query: &str, headers: &HeaderMap) -> AppResult<Prepared> {
     if !state.is_ready() {
         return Err(AppError::Unavailable(anyhow::anyhow!(
             "database not migrated yet"
         )));
     }
     let params: WsParams = serde_urlencoded::from_str(query)
-        .map_err(|_| AppError::validation("the query string is not valid URL encoding"))?;
+        .map_err(|e| AppError::validation(format!("the query string could not be read: {e}")))?;
+    if params.since_seq.is_some_and(|s| s < 0) {
+        return Err(AppError::invalid_field("since_seq", "must not be negative"));
+    }
     let principal = match params.token {
         Some(t) => state.verifier.verify(&t)?,
         None => state.verifier.verify_bearer(
@@ -90,7 +99,11 @@ async fn prepare(
     let conversation_id =
         payload::conversation_ref(state, &json!({ "conversation_id": session })).await?;
     let access = Access::load(&state.db, &principal, conversation_id).await?;
-    Ok((principal, access))
+    Ok(Prepared {
+        principal,
+        access,
+        since_seq: params.since_seq,
+    })
 }
 
 /// The close code a refusal or a revocation ends the socket with.
@@ -170,10 +183,59 @@ fn frames_for(event: &Event, session: &str, me: &str) -> Vec<Value> {
     }
 }
 
+/// Sends the messages after `last` (up to `until`, exclusive, when given) from the log, and
+/// moves `last` on. `false`: the socket is gone.
+async fn send_from_log(
+    state: &AppState,
+    access: &Access,
+    tx: &mut futures::stream::SplitSink<WebSocket, Frame>,
+    last: &mut i64,
+    until: Option<i64>,
+) -> bool {
+    loop {
+        let limit = until.map_or(1000, |u| (u - *last - 1).clamp(0, 1000));
+        if limit == 0 {
+            return true;
+        }
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            history::since(state, access.conversation_id, *last, limit),
+        )
+        .await;
+        let Ok(Ok(messages)) = read else {
+            tracing::warn!(conversation_id = %access.conversation_id, "could not read missed messages for a /ws session");
+            return true;
+        };
+        let full = messages.len() as i64 == limit;
+        crate::metrics::delivery_gap_filled(messages.len());
+        for message in messages {
+            *last = message.seq;
+            let event = Event {
+                kind: EventKind::MessageCreated,
+                conversation_id: access.conversation_id,
+                room: access.room.clone(),
+                data: serde_json::to_value(&message).unwrap_or(Value::Null),
+                origin: Origin::default(),
+            };
+            for f in frames_for(&event, &access.room, "") {
+                if tx.send(frame(&f)).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        if !full || until.is_some_and(|u| *last + 1 >= u) {
+            return true;
+        }
+    }
+}
+
 async fn session(
     state: AppState,
-    principal: Principal,
-    access: Access,
+    Prepared {
+        principal,
+        access,
+        since_seq,
+    }: Prepared,
     mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>,
     socket: WebSocket,
 ) {
@@ -189,6 +251,16 @@ async fn session(
         crate::metrics::connection_closed("ws");
         return;
     }
+    // Where this session stands in the conversation's stream: what came after is sent
+    // exactly once, in order; a reconnecting client named its last `seq`.
+    let mut last = since_seq.unwrap_or(access.last_seq);
+    if since_seq.is_some() && !send_from_log(&state, &access, &mut tx, &mut last, None).await {
+        crate::metrics::connection_closed("ws");
+        return;
+    }
+    state.events.watch(access.conversation_id, Some(last));
+    let mut refresh = tokio::time::interval(super::delivery::WATCH_REFRESH);
+    refresh.tick().await;
     loop {
         tokio::select! {
             incoming = rx.next() => {
@@ -196,6 +268,8 @@ async fn session(
                     Some(Ok(msg)) => msg,
                     _ => break,
                 };
+                // Until the reply is out: shutdown waits for it.
+                let _in_flight = state.send_in_flight();
                 let reply = match msg {
                     Frame::Text(text) => handle_frame(&state, &principal, &access, &session_key, &text).await,
                     Frame::Binary(_) => Some(error_frame(&AppError::validation("binary frames are not supported; send JSON text"))),
@@ -219,6 +293,17 @@ async fn session(
                             let _ = tx.send(close(close_code(&end), &end.to_string())).await;
                             break;
                         }
+                        if let (EventKind::MessageCreated, Some(seq)) = (event.kind, event.data["seq"].as_i64()) {
+                            if seq <= last {
+                                crate::metrics::delivery_duplicate();
+                                continue;
+                            }
+                            // Skipped messages (this session fell behind): from the log first.
+                            if seq > last + 1 && !send_from_log(&state, &access, &mut tx, &mut last, Some(seq)).await {
+                                break;
+                            }
+                            last = seq;
+                        }
                         for f in frames_for(&event, &session_name, &principal.id) {
                             if tx.send(frame(&f)).await.is_err() { break; }
                         }
@@ -232,14 +317,16 @@ async fn session(
                             let _ = tx.send(close(close_code(&end), &end.to_string())).await;
                             break;
                         }
-                        let warn = json!({ "type": "error", "code": "LAGGED",
-                            "message": format!("missed {n} events; refetch history after your last seq") });
-                        if tx.send(frame(&warn)).await.is_err() { break; }
+                        tracing::debug!(skipped = n, "a /ws session fell behind; reading its messages from the log");
+                        if !send_from_log(&state, &access, &mut tx, &mut last, None).await {
+                            break;
+                        }
                     }
                     Err(RecvError::Closed) => break,
                 }
             }
-            _ = state.shutdown.cancelled() => {
+            _ = refresh.tick() => state.events.watch(access.conversation_id, None),
+            _ = state.closing.cancelled() => {
                 let _ = tx.send(close(close_code::AWAY, "server shutting down")).await;
                 break;
             }

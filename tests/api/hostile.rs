@@ -31,7 +31,11 @@ pub struct Process {
 impl Process {
     /// Starts the real binary on a free port over a fresh database, JSON logs on stderr.
     pub async fn start(extra_env: &[(&str, &str)]) -> Process {
-        let database_url = fresh_database().await;
+        Self::start_on(fresh_database().await, extra_env).await
+    }
+
+    /// Starts another process on `database_url` (several processes act as one server).
+    pub async fn start_on(database_url: String, extra_env: &[(&str, &str)]) -> Process {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
@@ -95,6 +99,26 @@ impl Process {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         process
+    }
+
+    /// Sends a signal (`KILL`, `TERM`) to the process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name} {pid}");
+    }
+
+    /// Waits for the process to exit; its exit code (`None`: killed by a signal).
+    pub async fn exited(&mut self, within: Duration) -> Option<i32> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("the process did not exit in time")
+            .expect("wait")
+            .code()
     }
 
     pub fn app(&self) -> crate::helpers::TestApp {

@@ -26,6 +26,12 @@ impl Sio {
     }
 
     pub async fn connect_ns(app: &TestApp, ns: &str, token: Option<&str>) -> Result<Sio, String> {
+        let auth = token.map(|t| json!({ "token": t })).unwrap_or(json!({}));
+        Self::connect_auth(app, ns, auth).await
+    }
+
+    /// Connects with the handshake's whole `auth` object (e.g. `{token, resume}`).
+    pub async fn connect_auth(app: &TestApp, ns: &str, auth: Value) -> Result<Sio, String> {
         let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", app.addr);
         let (ws, _) = connect_async(url).await.map_err(|e| e.to_string())?;
         let prefix = if ns == "/" {
@@ -41,7 +47,6 @@ impl Sio {
         };
         let open = sio.frame().await.ok_or("no open packet")?;
         assert!(open.starts_with('0'), "{open}");
-        let auth = token.map(|t| json!({ "token": t })).unwrap_or(json!({}));
         sio.raw(&format!("40{prefix}{auth}")).await;
         loop {
             let f = sio.frame().await.ok_or("closed during connect")?;
@@ -161,6 +166,11 @@ impl Sio {
                 _ => return None,
             }
         }
+    }
+
+    /// How many `name` events have arrived and are not taken yet.
+    pub fn queued(&self, name: &str) -> usize {
+        self.events.iter().filter(|(n, _)| n == name).count()
     }
 
     pub async fn close(mut self) {

@@ -1,0 +1,245 @@
+//! The inbox channel (contract §4): every socket of a principal, joined to a conversation
+//! or not, hears when one of its conversations changes.
+//!
+//! - `inboxUpdated {conversation_id, last_seq, unread_count, last_message}` after a message,
+//!   a read (on any of the principal's devices: unread counts stay in sync), or a change
+//!   of the conversation;
+//! - `conversationAdded {conversation_id, conversation}` when the principal is added to a
+//!   conversation (or creates one), `conversationRemoved {conversation_id}` when it leaves
+//!   one or it is deleted.
+//!
+//! Each authenticated socket is in its principal's inbox room. One task follows the
+//! delivery stage's events and keeps, per conversation it has seen, the participants'
+//! read horizons (read once from the database, then kept current from the events), so a
+//! message costs no query. Inbox events are best effort, like reads and edits: a client
+//! that reconnects re-reads `GET /conversations` (or `/unread`).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use crate::{
+    core::{
+        conversations,
+        events::{Event, EventKind},
+    },
+    state::AppState,
+};
+
+/// The room every socket of `principal_id` is in.
+pub fn room(principal_id: &str) -> String {
+    format!("inbox:{principal_id}")
+}
+
+/// Conversations whose read state is kept; past this the cache starts over.
+const MAX_CACHED: usize = 50_000;
+/// How long a database read for the inbox may take before the update is skipped.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the inbox knows of one conversation.
+struct Known {
+    last_seq: i64,
+    last_message: Value,
+    /// Participant → last read `seq`.
+    horizons: HashMap<String, i64>,
+    used: Instant,
+}
+
+pub fn spawn(
+    state: &AppState,
+    io: SocketIo,
+    namespaces: Vec<String>,
+) -> tokio::task::JoinHandle<()> {
+    let mut rx = state.events.subscribe();
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut known: HashMap<Uuid, Known> = HashMap::new();
+        loop {
+            match rx.recv().await {
+                Ok(event) => handle(&state, &io, &namespaces, &mut known, &event).await,
+                // Skipped events: what is known may be stale; read it again when needed.
+                Err(RecvError::Lagged(_)) => known.clear(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+/// Whether any socket of `principal_id` is on this process.
+fn online(io: &SocketIo, namespaces: &[String], principal_id: &str) -> bool {
+    namespaces.iter().any(|ns| {
+        io.of(ns.as_str())
+            .is_some_and(|op| !op.within(room(principal_id)).sockets().is_empty())
+    })
+}
+
+async fn emit(
+    io: &SocketIo,
+    namespaces: &[String],
+    principal_id: &str,
+    name: &'static str,
+    data: &Value,
+) {
+    for ns in namespaces {
+        if let Some(op) = io.of(ns.as_str())
+            && let Err(e) = op.to(room(principal_id)).emit(name, data).await
+        {
+            tracing::debug!(error = %e, event = name, "some sockets missed an inbox event");
+        }
+    }
+}
+
+/// Sends `inboxUpdated` to every online participant in `who`.
+async fn updated(io: &SocketIo, namespaces: &[String], id: Uuid, known: &Known, who: &[&str]) {
+    for principal in who {
+        if !online(io, namespaces, principal) {
+            continue;
+        }
+        let read = known.horizons.get(*principal).copied().unwrap_or(0);
+        let data = json!({
+            "conversation_id": id,
+            "last_seq": known.last_seq,
+            "unread_count": (known.last_seq - read).max(0),
+            "last_message": known.last_message,
+        });
+        emit(io, namespaces, principal, "inboxUpdated", &data).await;
+    }
+}
+
+async fn load(state: &AppState, id: Uuid) -> Option<Known> {
+    let read = async {
+        let horizons: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT participant_id, last_read_seq FROM participants WHERE conversation_id = $1 LIMIT 10000",
+        )
+        .bind(id)
+        .fetch_all(&state.delivery_db)
+        .await?;
+        let last_seq: Option<(i64,)> =
+            sqlx::query_as("SELECT last_seq FROM conversations WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&state.delivery_db)
+                .await?;
+        Ok::<_, sqlx::Error>((horizons, last_seq))
+    };
+    match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(Ok((horizons, Some((last_seq,))))) => Some(Known {
+            last_seq,
+            last_message: Value::Null,
+            horizons: horizons.into_iter().collect(),
+            used: Instant::now(),
+        }),
+        _ => None,
+    }
+}
+
+async fn known_for<'a>(
+    state: &AppState,
+    known: &'a mut HashMap<Uuid, Known>,
+    id: Uuid,
+) -> Option<&'a mut Known> {
+    if !known.contains_key(&id) {
+        let loaded = load(state, id).await?;
+        if known.len() >= MAX_CACHED {
+            // Keep the busiest half.
+            let mut ages: Vec<Instant> = known.values().map(|k| k.used).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            known.retain(|_, k| k.used >= cut);
+        }
+        known.insert(id, loaded);
+    }
+    let k = known.get_mut(&id)?;
+    k.used = Instant::now();
+    Some(k)
+}
+
+async fn handle(
+    state: &AppState,
+    io: &SocketIo,
+    namespaces: &[String],
+    known: &mut HashMap<Uuid, Known>,
+    event: &Arc<Event>,
+) {
+    let id = event.conversation_id;
+    let d = &event.data;
+    match event.kind {
+        EventKind::MessageCreated => {
+            let Some(seq) = d["seq"].as_i64() else { return };
+            let Some(k) = known_for(state, known, id).await else {
+                return;
+            };
+            if seq < k.last_seq && !k.last_message.is_null() {
+                return;
+            }
+            k.last_seq = k.last_seq.max(seq);
+            k.last_message = d.clone();
+            // Sending moves the sender's own read horizon.
+            if let Some(sender) = d["sender_id"].as_str()
+                && let Some(h) = k.horizons.get_mut(sender)
+            {
+                *h = (*h).max(seq);
+            }
+            let who: Vec<&str> = k.horizons.keys().map(String::as_str).collect();
+            updated(io, namespaces, id, k, &who).await;
+        }
+        EventKind::MessagesRead => {
+            let Some(user) = d["user_id"].as_str() else {
+                return;
+            };
+            let Some(k) = known_for(state, known, id).await else {
+                return;
+            };
+            if let Some(seq) = d["last_read_seq"].as_i64() {
+                k.horizons.insert(user.to_owned(), seq);
+            }
+            updated(io, namespaces, id, k, &[user]).await;
+        }
+        EventKind::ConversationUpdated => {
+            let Some(k) = known_for(state, known, id).await else {
+                return;
+            };
+            let who: Vec<&str> = k.horizons.keys().map(String::as_str).collect();
+            updated(io, namespaces, id, k, &who).await;
+        }
+        EventKind::ParticipantJoined => {
+            known.remove(&id);
+            let Some(principal) = d["participant"]["participant_id"].as_str() else {
+                return;
+            };
+            if !online(io, namespaces, principal) {
+                return;
+            }
+            let fetched = async {
+                let mut conn = state.delivery_db.acquire().await.ok()?;
+                conversations::fetch(&mut conn, principal, id).await.ok()
+            };
+            if let Ok(Some(conversation)) = tokio::time::timeout(READ_TIMEOUT, fetched).await {
+                let data = json!({ "conversation_id": id, "conversation": conversation });
+                emit(io, namespaces, principal, "conversationAdded", &data).await;
+            }
+        }
+        EventKind::ParticipantLeft => {
+            known.remove(&id);
+            if let Some(principal) = d["participant_id"].as_str() {
+                let data = json!({ "conversation_id": id, "reason": "removed" });
+                emit(io, namespaces, principal, "conversationRemoved", &data).await;
+            }
+        }
+        EventKind::ConversationDeleted => {
+            if let Some(k) = known.remove(&id) {
+                let data = json!({ "conversation_id": id, "reason": "deleted" });
+                for principal in k.horizons.keys() {
+                    emit(io, namespaces, principal, "conversationRemoved", &data).await;
+                }
+            }
+        }
+        _ => {}
+    }
+}
