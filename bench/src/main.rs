@@ -2,12 +2,16 @@
 //! contract, printed as one markdown table. See `docs/benchmarks.md`.
 
 mod data;
+mod delivery;
 mod realtime;
 mod sio;
 mod stats;
 mod verify;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    process::ExitCode,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -188,12 +192,25 @@ fn machine() -> String {
     format!("{} cores ({cpu}), {mem} RAM", cores())
 }
 
+/// Exit status when a real-time scenario's delivery check found a problem.
+const DELIVERY_CHECK_FAILED: u8 = 3;
+
+/// The warning for a row whose delivery check is not all zero.
+fn delivery_warning(row: &Row) -> Option<String> {
+    let figures = row.delivery_check.filter(|f| !f.healthy())?;
+    Some(format!(
+        "WARNING: delivery check failed in {}: {} (all must be 0: contract §4, every joined socket gets each message exactly once, in seq order)",
+        row.scenario,
+        figures.summary()
+    ))
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     let ctx = Ctx {
         http: reqwest::Client::builder()
@@ -240,6 +257,9 @@ async fn main() -> anyhow::Result<()> {
                             .nth(2)
                             .unwrap_or_default()
                     );
+                    if let Some(warning) = delivery_warning(row) {
+                        eprintln!("{warning}");
+                    }
                 }
                 rows.extend(r);
             }
@@ -254,5 +274,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\nMachine: {}\n", machine());
     println!("{}", stats::table(&rows, cores()));
-    Ok(())
+    let warnings: Vec<String> = rows.iter().filter_map(delivery_warning).collect();
+    for warning in &warnings {
+        println!("{warning}");
+    }
+    if warnings.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(DELIVERY_CHECK_FAILED))
+    }
 }

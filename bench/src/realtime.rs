@@ -1,10 +1,7 @@
 //! Scenarios over Socket.IO (websocket transport): `steady`, `fanout`, `idle`.
 
 use std::{
-    sync::{
-        Arc, Mutex, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -13,44 +10,32 @@ use serde_json::{Value, json};
 
 use crate::{
     Ctx,
+    delivery::{self, Watched},
     sio::Client,
     stats::{Latency, Row},
-    verify::{Acked, exactly_once},
+    verify::{Acked, exactly_once, read_logs},
 };
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sends in this first stretch are checked but not timed.
 const WARMUP: Duration = Duration::from_secs(2);
+/// Wait after the last send for deliveries still in flight, before the checks.
+const SETTLE: Duration = Duration::from_secs(2);
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
-fn now_us() -> u64 {
+/// Microseconds since the first call: the clock of the `t=<µs>` send stamps.
+pub(crate) fn now_us() -> u64 {
     u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-/// A listener callback: records the delivery latency of each `messageBroadcast` whose
-/// text carries `t=<µs>`.
-fn listener(delivery: Arc<Mutex<Latency>>, received: Arc<AtomicU64>) -> crate::sio::OnEvent {
-    Box::new(move |name: &str, data: &Value| {
-        if name != "messageBroadcast" {
-            return;
-        }
-        received.fetch_add(1, Ordering::Relaxed);
-        let sent = data["text"]
-            .as_str()
-            .and_then(|t| t.rsplit_once("t="))
-            .and_then(|(_, t)| t.parse::<u64>().ok());
-        if let (Some(sent), Ok(mut h)) = (sent, delivery.lock()) {
-            h.record_us(now_us().saturating_sub(sent));
-        }
-    })
 }
 
 fn ignore() -> crate::sio::OnEvent {
     Box::new(|_: &str, _: &Value| {})
 }
 
-async fn join(client: &Client, conversation: &str) -> anyhow::Result<()> {
+/// Joins `conversation`; returns its `last_seq` in the join ack (0 when absent), after
+/// which every message is owed to the socket.
+async fn join(client: &Client, conversation: &str) -> anyhow::Result<i64> {
     let ack = client
         .call(
             "join",
@@ -59,7 +44,22 @@ async fn join(client: &Client, conversation: &str) -> anyhow::Result<()> {
         )
         .await?;
     anyhow::ensure!(ack["success"] == true, "join refused: {ack}");
-    Ok(())
+    Ok(ack["data"]["conversation"]["last_seq"]
+        .as_i64()
+        .unwrap_or(0))
+}
+
+/// Connects a socket as `principal` that records its broadcasts, and joins `conversation`.
+async fn connect_watched(
+    ctx: &Ctx,
+    principal: &str,
+    conversation: &str,
+    timed: bool,
+) -> anyhow::Result<(Client, Watched)> {
+    let mut socket = Watched::new(principal, timed);
+    let client = Client::connect(&ctx.args.url, &ctx.token(principal), socket.on_event()).await?;
+    socket.joined(conversation, join(&client, conversation).await?);
+    Ok((client, socket))
 }
 
 /// One sender in a closed loop until `until`; returns its acks, timings and errors.
@@ -114,10 +114,11 @@ async fn send_loop(
 pub async fn steady(ctx: &Ctx) -> anyhow::Result<Row> {
     let n = ctx.args.steady_conversations;
     let run = &ctx.run;
-    let delivery = Arc::new(Mutex::new(Latency::default()));
-    let received = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     let mut listeners = Vec::new();
+    // Every joined socket is checked: the listener, and each sender for the other's messages.
+    let mut sockets = Vec::new();
+    let mut readers = Vec::new();
     for i in 0..n {
         let (a, b, l) = (
             format!("{run}-s{i}a"),
@@ -125,22 +126,19 @@ pub async fn steady(ctx: &Ctx) -> anyhow::Result<Row> {
             format!("{run}-s{i}l"),
         );
         let c = ctx.conversation(&a, &[b.clone(), l.clone()]).await?;
-        let lc = Client::connect(
-            &ctx.args.url,
-            &ctx.token(&l),
-            listener(delivery.clone(), received.clone()),
-        )
-        .await?;
-        join(&lc, &c).await?;
+        readers.push((c.clone(), a.clone()));
+        let (lc, lw) = connect_watched(ctx, &l, &c, true).await?;
         listeners.push(lc);
+        sockets.push(lw);
         for who in [a, b] {
-            let sc = Client::connect(&ctx.args.url, &ctx.token(&who), ignore()).await?;
-            join(&sc, &c).await?;
+            let (sc, sw) = connect_watched(ctx, &who, &c, false).await?;
+            sockets.push(sw);
             senders.push((Arc::new(sc), c.clone(), who));
         }
     }
     let start = Instant::now();
     let timed_from = start + WARMUP;
+    let timed_from_us = now_us() + WARMUP.as_micros() as u64;
     let until = timed_from + ctx.args.duration;
     let tasks: Vec<_> = senders
         .iter()
@@ -163,22 +161,24 @@ pub async fn steady(ctx: &Ctx) -> anyhow::Result<Row> {
         row.ack.merge(&h);
         row.errors += e;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(SETTLE).await;
     let timed = acked.iter().filter(|a| a.timed).count();
     let secs = ctx.args.duration.as_secs_f64();
     row.throughput = format!("{:.0} msg/s", timed as f64 / secs);
     row.rss = ctx.rss();
-    if let Ok(d) = delivery.lock() {
-        row.delivery = d.clone();
-    }
-    let delivered = received.load(Ordering::Relaxed);
-    let check = exactly_once(ctx, &acked).await?;
+    let logs = read_logs(ctx, &readers).await?;
+    let check = exactly_once(&acked, &logs);
+    let deliveries = delivery::check(&sockets, &logs, timed_from_us);
+    row.delivery = deliveries.latency;
+    row.delivery_check = Some(deliveries.figures);
+    let delivered = deliveries.listener_receipts;
     row.errors += check.problems;
     row.notes = format!(
-        "{} acked, {delivered}/{} delivered to listeners; {}",
+        "{} acked, {delivered}/{} delivered to listeners; {}; delivery checked on {} sockets",
         acked.len(),
         acked.len(),
-        check.summary
+        check.summary,
+        deliveries.figures.sockets
     );
     if delivered < acked.len() as u64 {
         row.errors += acked.len() as u64 - delivered;
@@ -210,48 +210,35 @@ pub async fn fanout(ctx: &Ctx) -> anyhow::Result<Row> {
     for a in added {
         a?;
     }
-    let delivery = Arc::new(Mutex::new(Latency::default()));
-    let received = Arc::new(AtomicU64::new(0));
-    let listeners: Vec<anyhow::Result<Client>> = stream::iter(names.iter().cloned())
-        .map(|name| {
-            let (ctx, c, delivery, received) =
-                (ctx.clone(), c.clone(), delivery.clone(), received.clone());
-            async move {
-                let client = Client::connect(
-                    &ctx.args.url,
-                    &ctx.token(&name),
-                    listener(delivery, received),
-                )
-                .await?;
-                join(&client, &c).await?;
-                Ok(client)
-            }
-        })
+    let joined: Vec<anyhow::Result<(Client, Watched)>> = stream::iter(names.iter())
+        .map(|name| connect_watched(ctx, name, &c, true))
         .buffer_unordered(100)
         .collect()
         .await;
-    let listeners: Vec<Client> = listeners.into_iter().collect::<anyhow::Result<_>>()?;
-    let sc = Arc::new(Client::connect(&ctx.args.url, &ctx.token(&sender), ignore()).await?);
-    join(&sc, &c).await?;
+    let (listeners, mut sockets): (Vec<Client>, Vec<Watched>) = joined
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    // The sender's socket is checked too: it must not get its own messages back.
+    let (sc, sw) = connect_watched(ctx, &sender, &c, false).await?;
+    sockets.push(sw);
+    let sc = Arc::new(sc);
     let start = Instant::now();
     let timed_from = start + WARMUP;
+    let timed_from_us = now_us() + WARMUP.as_micros() as u64;
     let until = timed_from + ctx.args.duration;
     let pace = Duration::from_micros(1_000_000 / ctx.args.fanout_rate.max(1));
-    // Deliveries during the warm-up are not timed.
-    let warm_delivery = delivery.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(WARMUP).await;
-        if let Ok(mut d) = warm_delivery.lock() {
-            *d = Latency::default();
-        }
-    });
     let (acked, ack, errors) =
         send_loop(sc, c.clone(), sender.clone(), timed_from, until, Some(pace)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(SETTLE).await;
     let mut row = Row::new(format!("fanout (1 sender, {n} listeners)"));
     row.ack = ack;
     row.errors = errors;
-    let delivered = received.load(Ordering::Relaxed);
+    let logs = read_logs(ctx, &[(c.clone(), sender.clone())]).await?;
+    let check = exactly_once(&acked, &logs);
+    let deliveries = delivery::check(&sockets, &logs, timed_from_us);
+    let delivered = deliveries.listener_receipts;
     let expected = acked.len() as u64 * n as u64;
     let secs = (ctx.args.duration + WARMUP).as_secs_f64();
     row.throughput = format!(
@@ -259,13 +246,14 @@ pub async fn fanout(ctx: &Ctx) -> anyhow::Result<Row> {
         acked.len() as f64 / secs,
         delivered as f64 / secs
     );
-    if let Ok(d) = delivery.lock() {
-        row.delivery = d.clone();
-    }
+    row.delivery = deliveries.latency;
+    row.delivery_check = Some(deliveries.figures);
     row.rss = ctx.rss();
-    let check = exactly_once(ctx, &acked).await?;
     row.errors += check.problems + expected.saturating_sub(delivered);
-    row.notes = format!("{delivered}/{expected} deliveries; {}", check.summary);
+    row.notes = format!(
+        "{delivered}/{expected} deliveries; {}; delivery checked on {} sockets",
+        check.summary, deliveries.figures.sockets
+    );
     drop(listeners);
     Ok(row)
 }

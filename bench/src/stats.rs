@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::delivery::Figures;
+
 /// Microsecond latencies, 1 µs … 60 s, 3 significant digits.
 #[derive(Clone)]
 pub struct Latency(Histogram<u64>);
@@ -60,7 +62,10 @@ pub struct Row {
     pub scenario: String,
     pub throughput: String,
     pub ack: Latency,
+    /// Emit by a sender → `messageBroadcast` received at a listener.
     pub delivery: Latency,
+    /// Per-socket delivery checks; `None` for scenarios without listeners.
+    pub delivery_check: Option<Figures>,
     pub errors: u64,
     pub rss: String,
     pub notes: String,
@@ -73,6 +78,7 @@ impl Row {
             throughput: "–".into(),
             ack: Latency::default(),
             delivery: Latency::default(),
+            delivery_check: None,
             errors: 0,
             rss: "–".into(),
             notes: String::new(),
@@ -80,14 +86,26 @@ impl Row {
     }
 }
 
+/// The result table; the real-time rows' delivery checks are the `out_of_order`, `missed`
+/// and `dup_delivered` columns ("–" where a scenario has no listeners).
 pub fn table(rows: &[Row], cores: usize) -> String {
     let mut out = String::from(
-        "| scenario | throughput | ack/req p50 ms | p99 ms | max ms | delivery p50 ms | p99 ms | errors | server RSS | cores | notes |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | throughput | ack/req p50 ms | ack/req p99 ms | ack/req max ms | delivery p50 ms (send→listener) | delivery p99 ms (send→listener) | out_of_order | missed | dup_delivered | errors | server RSS | cores | notes |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
+        let (out_of_order, missed, dup_delivered) = r.delivery_check.map_or_else(
+            || ("–".to_owned(), "–".to_owned(), "–".to_owned()),
+            |f| {
+                (
+                    f.out_of_order.to_string(),
+                    f.missed.to_string(),
+                    f.dup_delivered.to_string(),
+                )
+            },
+        );
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario,
             r.throughput,
             r.ack.p50(),
@@ -95,6 +113,9 @@ pub fn table(rows: &[Row], cores: usize) -> String {
             r.ack.max(),
             r.delivery.p50(),
             r.delivery.p99(),
+            out_of_order,
+            missed,
+            dup_delivered,
             r.errors,
             r.rss,
             cores,
