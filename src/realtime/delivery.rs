@@ -161,8 +161,11 @@ async fn run(
                     if track.delivered.is_none() && now - track.born >= WARM_UP {
                         // Where the stream starts: before the first wake-up that came, or
                         // (a track born from a follow report) where the follower stood.
+                        // A follower's report wins: what came after it is owed to that
+                        // follower even if a later wake-up overtook an earlier one.
                         track.delivered = match (track.pending.keys().next(), track.hint) {
-                            (Some(first), _) => Some(first - 1),
+                            (Some(first), Some(hint)) => Some((first - 1).min(hint)),
+                            (Some(first), None) => Some(first - 1),
                             (None, Some(hint)) => Some(hint),
                             (None, None) => Some(0),
                         };

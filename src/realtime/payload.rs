@@ -1,64 +1,26 @@
-//! Reading loosely-typed client payloads (several naming styles are in use) and shaping
-//! the server's events.
+//! Resolving the conversation a payload names, and shaping the server's events.
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::protocol::Target;
 use crate::{
     core::{conversations, messages::SERVER_ID},
     error::{AppError, AppResult},
     state::AppState,
 };
 
-/// The first string among `keys`.
-pub fn str_field<'a>(p: &'a Value, keys: &[&str]) -> Option<&'a str> {
-    keys.iter()
-        .find_map(|k| p.get(*k).and_then(Value::as_str))
-        .filter(|s| !s.is_empty())
-}
-
-/// The first integer among `keys`; a present but non-integer value is an error.
-pub fn int_field(p: &Value, keys: &[&str]) -> AppResult<Option<i64>> {
-    for k in keys {
-        match p.get(*k) {
-            None | Some(Value::Null) => continue,
-            Some(v) => {
-                return v
-                    .as_i64()
-                    .map(Some)
-                    .ok_or_else(|| AppError::invalid_field(k, "must be an integer"));
-            }
-        }
-    }
-    Ok(None)
-}
-
-pub fn require_object(p: &Value) -> AppResult<()> {
-    if !p.is_object() {
-        return Err(AppError::validation("payload must be a JSON object"));
-    }
-    Ok(())
-}
-
-/// Which conversation a payload names: by id, or by platform id (optionally with `platform`).
-pub async fn conversation_ref(state: &AppState, p: &Value) -> AppResult<Uuid> {
-    if let Some(id) = str_field(p, &["conversation_id", "conversationId"]) {
+/// Which conversation a payload's [`Target`] names: by id, or by platform id (optionally
+/// with `platform`).
+pub async fn resolve(state: &AppState, target: &Target) -> AppResult<Uuid> {
+    if let Some(id) = target.conversation_id() {
         if let Ok(uuid) = Uuid::parse_str(id) {
             return Ok(uuid);
         }
-        return conversations::resolve_platform_id(state, str_field(p, &["platform"]), id).await;
+        return conversations::resolve_platform_id(state, target.platform.as_deref(), id).await;
     }
-    if let Some(pcid) = str_field(
-        p,
-        &[
-            "platform_conversation_id",
-            "platformConversationId",
-            "roomId",
-            "channelId",
-            "session_id",
-        ],
-    ) {
-        return conversations::resolve_platform_id(state, str_field(p, &["platform"]), pcid).await;
+    if let Some(pcid) = target.platform_conversation_id() {
+        return conversations::resolve_platform_id(state, target.platform.as_deref(), pcid).await;
     }
     Err(AppError::validation(
         "name the conversation: conversation_id or platform_conversation_id",

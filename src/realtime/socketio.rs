@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::{
     cursor::Cursor,
     payload,
-    protocol::{self, HandshakeAuth, Positions},
+    protocol::{self, Claimed, HandshakeAuth, Positions, Target},
     room, socket_room,
 };
 use crate::{
@@ -27,7 +27,7 @@ use crate::{
         conversations,
         events::{Event, EventKind, Origin},
         history,
-        messages::{self, Attachment, SendMessage, SendOptions},
+        messages::{self, SendMessage, SendOptions},
         participants::{self, NewParticipant},
         reads::{self, MarkRead},
         validate,
@@ -166,7 +166,7 @@ fn register(socket: &SocketRef) {
     socket.on(
         "join_all",
         async |s: SocketRef, ack: Ack, State(st): State<AppState>| {
-            let r = match identity(&st, &s, &Value::Null) {
+            let r = match identity(&st, &s, &Claimed::default()) {
                 Ok(p) => join_all(&st, &s, &p).await.map(|n| json!({ "joined": n })),
                 Err(e) => Err(e),
             };
@@ -184,7 +184,7 @@ fn register(socket: &SocketRef) {
             // Until the ack is out: shutdown waits for it.
             let _in_flight = st.send_in_flight();
             let r = match numbers.and_then(|()| data(d)) {
-                Ok(d) => chat_message(&st, &s, d, false).await,
+                Ok(d) => chat_message_event(&st, &s, d).await,
                 Err(e) => Err(e),
             };
             crate::metrics::send_acked("socketio", started.elapsed());
@@ -223,7 +223,7 @@ async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
     // A resume named in the handshake: back into the rooms, missed messages first, then
     // `resumed` says where each conversation stands.
     if let Some(PendingResume(positions)) = socket.extensions.remove::<PendingResume>() {
-        let outcome = match identity(&state, &socket, &Value::Null) {
+        let outcome = match identity(&state, &socket, &Claimed::default()) {
             Ok(principal) => resume(&state, &socket, &principal, positions).await,
             Err(e) => Err(e),
         };
@@ -350,8 +350,7 @@ async fn resume_one(
         return Err(AppError::invalid_field("since", "must not be negative"));
     }
     validate::id("conversation_id", key)?;
-    let conversation_id =
-        payload::conversation_ref(state, &json!({ "conversation_id": key })).await?;
+    let conversation_id = payload::resolve(state, &Target::id(key)).await?;
     let cursor = Cursor::of(socket);
     cursor.hold(conversation_id);
     if let Err(e) = join_checked(state, socket, principal, conversation_id).await {
@@ -383,7 +382,7 @@ async fn resume_one(
 }
 
 async fn resume_event(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value> {
-    let principal = identity(state, socket, &p)?;
+    let principal = identity(state, socket, &Claimed::default())?;
     let request: protocol::Resume = protocol::parse(p)?;
     resume(state, socket, &principal, request.conversations).await
 }
@@ -463,24 +462,20 @@ fn respond(socket: &SocketRef, Ack(wanted, ack): Ack, event: &str, result: AppRe
 }
 
 /// Who is acting: the token's principal, or in legacy anonymous mode the payload's user.
-fn identity(state: &AppState, socket: &SocketRef, p: &Value) -> AppResult<Principal> {
+fn identity(state: &AppState, socket: &SocketRef, claimed: &Claimed) -> AppResult<Principal> {
     if let Some(principal) = socket.extensions.get::<Principal>() {
         return Ok(principal);
     }
     if !state.config.socket_allow_anonymous {
         return Err(AppError::Unauthorized("not authenticated".into()));
     }
-    let id = payload::str_field(
-        p,
-        &["userId", "user_id", "senderId", "sender_id", "entityId"],
-    )
-    .ok_or_else(|| {
+    let id = claimed.id().ok_or_else(|| {
         AppError::validation("anonymous sockets must name userId (join) or senderId (send)")
     })?;
     validate::id("userId", id)?;
     let principal = Principal {
         id: id.to_owned(),
-        name: payload::str_field(p, &["senderName", "userName", "name"]).map(str::to_owned),
+        name: claimed.name().map(str::to_owned),
         kind: PrincipalKind::User,
         admin: false,
         owner: None,
@@ -495,10 +490,10 @@ async fn join(
     p: Value,
     wants_ack: bool,
 ) -> AppResult<Joined> {
-    payload::require_object(&p)?;
-    let principal = identity(state, socket, &p)?;
-    let conversation_id = payload::conversation_ref(state, &p).await?;
-    let since = payload::int_field(&p, &["since_seq", "sinceSeq"])?;
+    let p: protocol::Join = protocol::parse(p)?;
+    let principal = identity(state, socket, &p.claimed)?;
+    let conversation_id = payload::resolve(state, &p.target).await?;
+    let since = p.since_seq();
     if since.is_some_and(|s| s < 0) {
         return Err(AppError::invalid_field("since_seq", "must not be negative"));
     }
@@ -515,9 +510,6 @@ async fn join(
     let conversation = conversations::get(state, &principal, conversation_id).await?;
     let Some(since) = since else {
         join_checked(state, socket, &principal, conversation_id).await?;
-        state
-            .events
-            .watch(conversation_id, Some(conversation.last_seq));
         let data = json!({ "conversation": conversation, "conversation_id": conversation_id });
         return Ok((data, None));
     };
@@ -564,27 +556,30 @@ async fn join(
 struct Anonymous;
 
 async fn leave(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value> {
-    payload::require_object(&p)?;
-    identity(state, socket, &p)?;
-    let conversation_id = payload::conversation_ref(state, &p).await?;
+    let p: protocol::Join = protocol::parse(p)?;
+    identity(state, socket, &p.claimed)?;
+    let conversation_id = payload::resolve(state, &p.target).await?;
     socket.leave(room(conversation_id));
     Cursor::of(socket).forget(conversation_id);
     Ok(json!({ "conversation_id": conversation_id, "left": true }))
 }
 
 async fn join_all(state: &AppState, socket: &SocketRef, principal: &Principal) -> AppResult<usize> {
-    let ids: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT conversation_id FROM participants WHERE participant_id = $1 LIMIT 10000",
+    let ids: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT p.conversation_id, c.last_seq FROM participants p \
+         JOIN conversations c ON c.id = p.conversation_id \
+         WHERE p.participant_id = $1 LIMIT 10000",
     )
     .bind(&principal.id)
     .fetch_all(&state.db)
     .await?;
-    for (id,) in &ids {
+    for (id, last_seq) in &ids {
         socket.join(room(*id));
+        state.events.watch(*id, Some(*last_seq));
     }
     // A removal committed between the list and the joins found no socket to cut: the
     // rooms joined are checked once more, and those no longer the principal's are left.
-    let joined: Vec<Uuid> = ids.iter().map(|(id,)| *id).collect();
+    let joined: Vec<Uuid> = ids.iter().map(|(id, _)| *id).collect();
     let still: Vec<(Uuid,)> = sqlx::query_as(
         "SELECT conversation_id FROM participants WHERE participant_id = $1 AND conversation_id = ANY($2)",
     )
@@ -608,69 +603,62 @@ async fn join_checked(
     conversation_id: Uuid,
 ) -> AppResult<()> {
     socket.join(room(conversation_id));
-    if let Err(e) = Access::load(&state.db, principal, conversation_id).await {
-        socket.leave(room(conversation_id));
-        return Err(e);
-    }
-    Ok(())
-}
-
-fn attachments(p: &Value) -> AppResult<Vec<Attachment>> {
-    match p.get("attachments") {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| AppError::invalid_field("attachments", e.to_string())),
+    match Access::load(&state.db, principal, conversation_id).await {
+        Ok(access) => {
+            // The delivery stage follows the conversation from where it stands now.
+            state.events.watch(conversation_id, Some(access.last_seq));
+            Ok(())
+        }
+        Err(e) => {
+            socket.leave(room(conversation_id));
+            Err(e)
+        }
     }
 }
 
 async fn chat_message(
     state: &AppState,
     socket: &SocketRef,
-    p: Value,
+    p: protocol::ChatMessage,
     echo: bool,
 ) -> AppResult<Value> {
-    payload::require_object(&p)?;
-    let principal = identity(state, socket, &p)?;
+    let principal = identity(state, socket, &p.claimed)?;
     state.limiter.check(&principal.id)?;
-    let text = match p.get("message").or_else(|| p.get("text")) {
-        Some(Value::String(t)) => t.clone(),
-        Some(_) => return Err(AppError::invalid_field("message", "must be a string")),
-        None => return Err(AppError::invalid_field("message", "is required")),
+    let text = p
+        .text()
+        .ok_or_else(|| AppError::invalid_field("message", "is required"))?
+        .to_owned();
+    let conversation_id = payload::resolve(state, &p.target).await?;
+    let source = match p.source.as_deref() {
+        Some(source) => {
+            validate::max_chars("source", source, 64)?;
+            source.to_owned()
+        }
+        None => "socketio".to_owned(),
     };
-    let metadata = match p.get("metadata") {
-        None | Some(Value::Null) => None,
-        Some(m) => Some(m.clone()),
-    };
-    let conversation_id = payload::conversation_ref(state, &p).await?;
     let input = SendMessage {
         text,
-        client_message_id: payload::str_field(
-            &p,
-            &["messageId", "client_message_id", "clientMessageId"],
-        )
-        .map(str::to_owned),
-        sender_id: payload::str_field(&p, &["senderId", "sender_id"]).map(str::to_owned),
-        sender_name: payload::str_field(&p, &["senderName", "sender_name"]).map(str::to_owned),
-        sender_type: payload::str_field(&p, &["senderType", "sender_type"]).map(str::to_owned),
-        thread_id: payload::str_field(&p, &["thread_id", "threadId"]).map(str::to_owned),
-        attachments: attachments(&p)?,
-        metadata,
+        client_message_id: p.client_message_id().map(str::to_owned),
+        sender_id: p.claimed.sender_id().map(str::to_owned),
+        sender_name: p.claimed.sender_name().map(str::to_owned),
+        sender_type: p.sender_type().map(str::to_owned),
+        thread_id: p.thread_id().map(str::to_owned),
+        attachments: p.attachments.unwrap_or_default(),
+        metadata: p.metadata.filter(|m| !m.is_null()),
     };
     let options = SendOptions {
         origin: Origin {
             socket_id: Some(socket.id.to_string()),
             echo,
         },
-        source: Some(match payload::str_field(&p, &["source"]) {
-            Some(source) => {
-                validate::max_chars("source", source, 64)?;
-                source.to_owned()
-            }
-            None => "socketio".to_owned(),
-        }),
+        source: Some(source),
     };
     let sent = messages::send(state, &principal, conversation_id, input, options).await?;
     serde_json::to_value(sent.message).map_err(|e| anyhow::Error::from(e).into())
+}
+
+async fn chat_message_event(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value> {
+    chat_message(state, socket, protocol::parse(p)?, false).await
 }
 
 /// elizaOS envelope: `{type: 1, payload}` joins, `{type: 2, payload}` sends.
@@ -680,16 +668,12 @@ async fn eliza_envelope(
     p: Value,
     wants_ack: bool,
 ) -> AppResult<Joined> {
-    payload::require_object(&p)?;
-    let kind = p.get("type").and_then(|t| {
-        t.as_i64()
-            .or_else(|| t.as_str().and_then(|s| s.parse().ok()))
-    });
-    let body = p.get("payload").cloned().unwrap_or(Value::Null);
-    payload::require_object(&body)?;
-    match kind {
-        Some(1) => join(state, socket, body, wants_ack).await,
-        Some(2) => eliza_send(state, socket, body).await.map(|v| (v, None)),
+    let envelope: protocol::Envelope = protocol::parse(p)?;
+    match envelope.kind {
+        1 => join(state, socket, envelope.payload, wants_ack).await,
+        2 => eliza_send(state, socket, protocol::parse(envelope.payload)?)
+            .await
+            .map(|v| (v, None)),
         _ => Err(AppError::invalid_field(
             "type",
             "must be 1 (join) or 2 (send)",
@@ -698,23 +682,26 @@ async fn eliza_envelope(
 }
 
 /// elizaOS type 2: a send, with the echo rules of contract §4.
-async fn eliza_send(state: &AppState, socket: &SocketRef, body: Value) -> AppResult<Value> {
-    let principal = identity(state, socket, &body)?;
-    let sender = payload::str_field(&body, &["senderId", "sender_id"]);
+async fn eliza_send(
+    state: &AppState,
+    socket: &SocketRef,
+    body: protocol::ChatMessage,
+) -> AppResult<Value> {
+    let principal = identity(state, socket, &body.claimed)?;
     // A client echoing someone else's broadcast back to us.
-    if sender.is_some_and(|s| s != principal.id) && !principal.is_service() {
+    if body.claimed.sender_id().is_some_and(|s| s != principal.id) && !principal.is_service() {
         return Ok(
             json!({ "ignored": true, "reason": "senderId is not the caller (echoed broadcast)" }),
         );
     }
-    let has_client_id = payload::str_field(&body, &["messageId"]).is_some();
+    let has_client_id = body.has_message_id();
     if !has_client_id && is_recent_repeat(state, &principal, &body).await? {
         return Ok(
             json!({ "ignored": true, "reason": "repeat of a message sent in the last minute" }),
         );
     }
     // elizaOS clients expect replies in the room they send to, joined or not yet.
-    if let Ok(conversation_id) = payload::conversation_ref(state, &body).await
+    if let Ok(conversation_id) = payload::resolve(state, &body.target).await
         && Access::load(&state.db, &principal, conversation_id)
             .await
             .is_ok()
@@ -727,15 +714,15 @@ async fn eliza_send(state: &AppState, socket: &SocketRef, body: Value) -> AppRes
 async fn is_recent_repeat(
     state: &AppState,
     principal: &Principal,
-    body: &Value,
+    body: &protocol::ChatMessage,
 ) -> AppResult<bool> {
-    let Some(text) = payload::str_field(body, &["message", "text"]) else {
+    let Some(text) = body.text() else {
         return Ok(false);
     };
-    let Ok(conversation_id) = payload::conversation_ref(state, body).await else {
+    let Ok(conversation_id) = payload::resolve(state, &body.target).await else {
         return Ok(false);
     };
-    let sender = payload::str_field(body, &["senderId"]).unwrap_or(&principal.id);
+    let sender = body.claimed.sender_id().unwrap_or(&principal.id);
     let (repeat,): (bool,) = sqlx::query_as(
         r#"
         SELECT EXISTS (
@@ -753,14 +740,10 @@ async fn is_recent_repeat(
 }
 
 async fn typing(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value> {
-    payload::require_object(&p)?;
-    let principal = identity(state, socket, &p)?;
-    let conversation_id = payload::conversation_ref(state, &p).await?;
-    let is_typing = match p.get("is_typing").or_else(|| p.get("isTyping")) {
-        None => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(AppError::invalid_field("is_typing", "must be a boolean")),
-    };
+    let p: protocol::Typing = protocol::parse(p)?;
+    let principal = identity(state, socket, &p.claimed)?;
+    let conversation_id = payload::resolve(state, &p.target).await?;
+    let is_typing = p.is_typing();
     state.typing_limiter.check(&principal.id)?;
     let access = Access::load(&state.db, &principal, conversation_id).await?;
     access.require_write()?;
@@ -775,12 +758,12 @@ async fn typing(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Val
 }
 
 async fn mark_read(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value> {
-    payload::require_object(&p)?;
-    let principal = identity(state, socket, &p)?;
-    let conversation_id = payload::conversation_ref(state, &p).await?;
+    let p: protocol::MarkRead = protocol::parse(p)?;
+    let principal = identity(state, socket, &p.claimed)?;
+    let conversation_id = payload::resolve(state, &p.target).await?;
     let input = MarkRead {
         user_id: None,
-        up_to_seq: payload::int_field(&p, &["up_to_seq", "upToSeq"])?,
+        up_to_seq: p.up_to_seq(),
     };
     let origin = Origin {
         socket_id: Some(socket.id.to_string()),
@@ -791,9 +774,9 @@ async fn mark_read(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<
 }
 
 async fn complete(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Value> {
-    payload::require_object(&p)?;
-    let principal = identity(state, socket, &p)?;
-    let conversation_id = payload::conversation_ref(state, &p).await?;
+    let p: protocol::Named = protocol::parse(p)?;
+    let principal = identity(state, socket, &p.claimed)?;
+    let conversation_id = payload::resolve(state, &p.target).await?;
     let access = Access::load(&state.db, &principal, conversation_id).await?;
     access.require_write()?;
     let data =

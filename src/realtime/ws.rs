@@ -96,8 +96,7 @@ async fn prepare(state: &AppState, query: &str, headers: &HeaderMap) -> AppResul
         .session_id
         .ok_or_else(|| AppError::invalid_field("session_id", "is required"))?;
     validate::id("session_id", &session)?;
-    let conversation_id =
-        payload::conversation_ref(state, &json!({ "conversation_id": session })).await?;
+    let conversation_id = payload::resolve(state, &super::protocol::Target::id(&session)).await?;
     let access = Access::load(&state.db, &principal, conversation_id).await?;
     Ok(Prepared {
         principal,
