@@ -226,3 +226,88 @@ async fn sigterm_under_load_answers_every_send_it_took_and_delivers_what_it_comm
     let errors = q.error_lines().await;
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starved_pool_answers_sends_unavailable_in_bounded_time_and_readyz_says_so() {
+    use sqlx::{Connection, PgConnection};
+    let app = crate::helpers::spawn_app_with(|c| c.database_max_connections = 2).await;
+    let (c1, c2, c3) = (
+        app.conversation("alice", &["bob"]).await,
+        app.conversation("alice", &["bob"]).await,
+        app.conversation("alice", &["bob"]).await,
+    );
+    let mut bob = Sio::connect(&app, Some(&token("bob")))
+        .await
+        .expect("connect");
+    assert_eq!(
+        bob.call("join", json!({ "conversation_id": c1 })).await["success"],
+        true
+    );
+    // Two conversations locked from outside: both writers wait on them holding both
+    // pooled connections.
+    let mut blocker = PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let mut tx = blocker.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM conversations WHERE id = ANY($1::uuid[]) FOR UPDATE")
+        .bind(vec![c1.clone(), c2.clone()])
+        .execute(&mut *tx)
+        .await
+        .expect("lock");
+    let send = |cid: String, id: &'static str| {
+        let app_base = app.base.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = reqwest::Client::new()
+                .post(format!(
+                    "{app_base}{}",
+                    api(&format!("/messages/conversations/{cid}"))
+                ))
+                .bearer_auth(token("alice"))
+                .json(&json!({ "text": id, "client_message_id": id }))
+                .send()
+                .await
+                .expect("answered");
+            (r.status(), started.elapsed())
+        })
+    };
+    let first = send(c1.clone(), "held-1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = send(c2.clone(), "held-2");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = send(c3.clone(), "starved-3");
+
+    // Readiness says so while no connection can be had.
+    let mut unready = false;
+    for _ in 0..20 {
+        let r = app
+            .http
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .expect("readyz");
+        if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            unready = true;
+            break;
+        }
+    }
+    assert!(unready, "/readyz stayed 200 with the pool exhausted");
+    for (name, task) in [("held", first), ("held", second), ("starved", third)] {
+        let (status, took) = task.await.expect("send");
+        assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{name}");
+        assert!(took < Duration::from_secs(8), "{name} took {took:?}");
+    }
+    // The trouble ends: what was held commits, is delivered once, and a retry finds it.
+    tx.rollback().await.expect("release");
+    let got = sio_until(&mut bob, 1, 5000).await;
+    assert_eq!(got, vec![1], "the held send, delivered once");
+    let (status, _) = app
+        .post(
+            &api(&format!("/messages/conversations/{c1}")),
+            &token("alice"),
+            json!({ "text": "held-1", "client_message_id": "held-1" }),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "already stored");
+    assert!(bob.next_event("messageBroadcast", 500).await.is_none());
+}
