@@ -476,6 +476,9 @@ async fn hostile_input_on_every_transport_is_refused_cleanly_and_breaks_no_later
         ),
         ("join", json!({ "platform_conversation_id": NUL })),
         ("join", json!({ "conversation_id": cid, "since_seq": -1 })),
+        ("resume", json!({ "conversations": { NUL: 0 } })),
+        ("resume", json!({ "conversations": { cid.clone(): 1e300 } })),
+        ("resume", json!({ "conversations": "all" })),
         ("typing", json!({ "conversation_id": NUL })),
         (
             "mark_read",

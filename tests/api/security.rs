@@ -659,12 +659,12 @@ async fn every_socket_event_answers_each_kind_of_caller_as_documented() {
     .await;
     app.send("alice", &cid, "hello").await;
 
-    // (caller, join, chat_message, typing, mark_read, complete, eliza send)
-    let expectations: [(&str, [&str; 6]); 5] = [
-        ("bob", ["ok", "ok", "ok", "ok", "ok", "ok"]),
-        ("mallory", ["NOT_FOUND"; 6]),
-        ("rita", ["NOT_FOUND"; 6]),
-        ("sam", ["NOT_FOUND"; 6]),
+    // (caller, join, chat_message, typing, mark_read, complete, eliza send, resume)
+    let expectations: [(&str, [&str; 7]); 5] = [
+        ("bob", ["ok", "ok", "ok", "ok", "ok", "ok", "ok"]),
+        ("mallory", ["NOT_FOUND"; 7]),
+        ("rita", ["NOT_FOUND"; 7]),
+        ("sam", ["NOT_FOUND"; 7]),
         (
             "olivia",
             [
@@ -674,6 +674,7 @@ async fn every_socket_event_answers_each_kind_of_caller_as_documented() {
                 "FORBIDDEN",
                 "FORBIDDEN",
                 "FORBIDDEN",
+                "ok",
             ],
         ),
     ];
@@ -698,6 +699,7 @@ async fn every_socket_event_answers_each_kind_of_caller_as_documented() {
                 "message",
                 json!({ "type": 2, "payload": { "conversationId": cid, "senderId": who, "message": format!("eliza {who}"), "messageId": format!("m-{who}") } }),
             ),
+            ("resume", json!({ "conversations": { cid.clone(): 0 } })),
         ];
         for ((event, payload), want) in events.into_iter().zip(expected) {
             let ack = s.call(event, payload).await;
@@ -711,6 +713,11 @@ async fn every_socket_event_answers_each_kind_of_caller_as_documented() {
                 "ignored"
             } else {
                 got
+            };
+            // A resume answers per conversation: a refused one is in `failed`.
+            let got = match ack["data"]["failed"][0]["code"].as_str() {
+                Some(code) => code,
+                None => got,
             };
             if got != want {
                 failures.push(format!("{who} {event}: expected {want}, got {ack}"));
