@@ -11,11 +11,14 @@
 //! Each authenticated socket is in its principal's inbox room. One task follows the
 //! delivery stage's events and keeps, per conversation it has seen, the participants'
 //! read horizons (read once from the database, then kept current from the events), so a
-//! message costs no query. Inbox events are best effort, like reads and edits: a client
-//! that reconnects re-reads `GET /conversations` (or `/unread`).
+//! message costs no query. `inboxUpdated` is coalesced: a principal gets at most one per
+//! conversation every [`COALESCE`] (100 ms), carrying the latest state — a busy
+//! conversation does not double every socket's traffic. Inbox events are best effort,
+//! like reads and edits: a client that reconnects re-reads `GET /conversations` (or
+//! `/unread`).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -42,6 +45,8 @@ pub fn room(principal_id: &str) -> String {
 const MAX_CACHED: usize = 50_000;
 /// How long a database read for the inbox may take before the update is skipped.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// `inboxUpdated` for one principal and conversation goes out at most this often.
+pub const COALESCE: Duration = Duration::from_millis(100);
 
 /// What the inbox knows of one conversation.
 struct Known {
@@ -61,12 +66,24 @@ pub fn spawn(
     let state = state.clone();
     tokio::spawn(async move {
         let mut known: HashMap<Uuid, Known> = HashMap::new();
+        let mut dirty: HashSet<(Uuid, String)> = HashSet::new();
+        let mut tick = tokio::time::interval(COALESCE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            match rx.recv().await {
-                Ok(event) => handle(&state, &io, &namespaces, &mut known, &event).await,
-                // Skipped events: what is known may be stale; read it again when needed.
-                Err(RecvError::Lagged(_)) => known.clear(),
-                Err(RecvError::Closed) => return,
+            tokio::select! {
+                received = rx.recv() => match received {
+                    Ok(event) => handle(&state, &io, &namespaces, &mut known, &mut dirty, &event).await,
+                    // Skipped events: what is known may be stale; read it again when needed.
+                    Err(RecvError::Lagged(_)) => known.clear(),
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tick.tick(), if !dirty.is_empty() => {
+                    for (id, principal) in dirty.drain() {
+                        if let Some(k) = known.get(&id) {
+                            updated(&io, &namespaces, id, k, &principal).await;
+                        }
+                    }
+                }
             }
         }
     })
@@ -96,20 +113,25 @@ async fn emit(
     }
 }
 
-/// Sends `inboxUpdated` to every online participant in `who`.
-async fn updated(io: &SocketIo, namespaces: &[String], id: Uuid, known: &Known, who: &[&str]) {
-    for principal in who {
-        if !online(io, namespaces, principal) {
-            continue;
-        }
-        let read = known.horizons.get(*principal).copied().unwrap_or(0);
-        let data = json!({
-            "conversation_id": id,
-            "last_seq": known.last_seq,
-            "unread_count": (known.last_seq - read).max(0),
-            "last_message": known.last_message,
-        });
-        emit(io, namespaces, principal, "inboxUpdated", &data).await;
+/// Sends `inboxUpdated` to `principal`'s sockets, if any is on this process.
+async fn updated(io: &SocketIo, namespaces: &[String], id: Uuid, known: &Known, principal: &str) {
+    if !online(io, namespaces, principal) {
+        return;
+    }
+    let read = known.horizons.get(principal).copied().unwrap_or(0);
+    let data = json!({
+        "conversation_id": id,
+        "last_seq": known.last_seq,
+        "unread_count": (known.last_seq - read).max(0),
+        "last_message": known.last_message,
+    });
+    emit(io, namespaces, principal, "inboxUpdated", &data).await;
+}
+
+/// Marks every participant of the conversation for an `inboxUpdated` at the next tick.
+fn mark_all(dirty: &mut HashSet<(Uuid, String)>, id: Uuid, known: &Known) {
+    for principal in known.horizons.keys() {
+        dirty.insert((id, principal.clone()));
     }
 }
 
@@ -128,15 +150,26 @@ async fn load(state: &AppState, id: Uuid) -> Option<Known> {
                 .await?;
         Ok::<_, sqlx::Error>((horizons, last_seq))
     };
-    match tokio::time::timeout(READ_TIMEOUT, read).await {
-        Ok(Ok((horizons, Some((last_seq,))))) => Some(Known {
-            last_seq,
-            last_message: Value::Null,
-            horizons: horizons.into_iter().collect(),
-            used: Instant::now(),
-        }),
-        _ => None,
-    }
+    let (horizons, last_seq) = match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(Ok((horizons, Some((last_seq,))))) => (horizons, last_seq),
+        _ => return None,
+    };
+    // The last message as stored, so `last_seq` and `last_message` always agree.
+    let last = tokio::time::timeout(
+        READ_TIMEOUT,
+        crate::core::history::since(state, id, last_seq - 1, 1),
+    )
+    .await;
+    let last_message = match last {
+        Ok(Ok(mut m)) if !m.is_empty() => serde_json::to_value(m.remove(0)).unwrap_or_default(),
+        _ => Value::Null,
+    };
+    Some(Known {
+        last_seq,
+        last_message,
+        horizons: horizons.into_iter().collect(),
+        used: Instant::now(),
+    })
 }
 
 async fn known_for<'a>(
@@ -165,6 +198,7 @@ async fn handle(
     io: &SocketIo,
     namespaces: &[String],
     known: &mut HashMap<Uuid, Known>,
+    dirty: &mut HashSet<(Uuid, String)>,
     event: &Arc<Event>,
 ) {
     let id = event.conversation_id;
@@ -175,19 +209,21 @@ async fn handle(
             let Some(k) = known_for(state, known, id).await else {
                 return;
             };
-            if seq < k.last_seq && !k.last_message.is_null() {
-                return;
+            // Events come in seq order; one older than what a fresh load read changes
+            // nothing but still reports (coalesced) the state as it is.
+            if seq >= k.last_seq || k.last_message.is_null() {
+                k.last_seq = k.last_seq.max(seq);
+                if seq == k.last_seq {
+                    k.last_message = d.clone();
+                }
             }
-            k.last_seq = k.last_seq.max(seq);
-            k.last_message = d.clone();
             // Sending moves the sender's own read horizon.
             if let Some(sender) = d["sender_id"].as_str()
                 && let Some(h) = k.horizons.get_mut(sender)
             {
                 *h = (*h).max(seq);
             }
-            let who: Vec<&str> = k.horizons.keys().map(String::as_str).collect();
-            updated(io, namespaces, id, k, &who).await;
+            mark_all(dirty, id, k);
         }
         EventKind::MessagesRead => {
             let Some(user) = d["user_id"].as_str() else {
@@ -199,14 +235,13 @@ async fn handle(
             if let Some(seq) = d["last_read_seq"].as_i64() {
                 k.horizons.insert(user.to_owned(), seq);
             }
-            updated(io, namespaces, id, k, &[user]).await;
+            dirty.insert((id, user.to_owned()));
         }
         EventKind::ConversationUpdated => {
             let Some(k) = known_for(state, known, id).await else {
                 return;
             };
-            let who: Vec<&str> = k.horizons.keys().map(String::as_str).collect();
-            updated(io, namespaces, id, k, &who).await;
+            mark_all(dirty, id, k);
         }
         EventKind::ParticipantJoined => {
             known.remove(&id);
