@@ -17,7 +17,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use socketioxide::{SendError, SocketError, extract::SocketRef};
 use uuid::Uuid;
 
@@ -186,17 +186,23 @@ fn skips_origin(socket: &SocketRef, event: &Event) -> bool {
             .is_some_and(|sid| sid == socket.id.as_str())
 }
 
-/// The Socket.IO payloads of one message, built once for every socket it goes to.
+/// The Socket.IO payloads of one message, built once for every socket it goes to: the
+/// broadcast is serialised to JSON text once (a 1,000-member room would otherwise
+/// serialise it 1,000 times) and handed to each socket as raw JSON.
 pub struct Outgoing {
-    broadcast: Value,
+    broadcast: Box<RawValue>,
     /// `messageComplete` after an agent's finished reply.
     complete: Option<Value>,
 }
 
 impl Outgoing {
     pub fn new(room: &str, message: &Value) -> Self {
+        let broadcast = payload::message_broadcast(room, message);
         Self {
-            broadcast: payload::message_broadcast(room, message),
+            broadcast: serde_json::value::to_raw_value(&broadcast).unwrap_or_else(|_| {
+                // A Value always serialises; keep the type total anyway.
+                RawValue::from_string("null".to_owned()).unwrap_or_default()
+            }),
             complete: payload::completes_reply(message).then(|| {
                 payload::message_complete(room, &message["conversation_id"], &message["sender_id"])
             }),
@@ -231,7 +237,11 @@ impl Outgoing {
 /// How long a backlog emit waits for a full socket buffer to drain.
 const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn patiently(socket: &SocketRef, event: &str, data: &Value) -> Option<()> {
+async fn patiently<T: serde::Serialize + ?Sized>(
+    socket: &SocketRef,
+    event: &str,
+    data: &T,
+) -> Option<()> {
     let started = std::time::Instant::now();
     loop {
         match socket.emit(event, data) {
