@@ -38,8 +38,8 @@ use crate::{
 
 /// Most messages a `join {since_seq}` ack carries; beyond that, page with the history API.
 pub const MAX_GAP_FILL: i64 = 1000;
-/// Most messages a resume (or an ack-less `join {since_seq}`) sends per conversation;
-/// further back, the client reads history.
+/// Most messages one resume sends (over all its conversations), or one ack-less
+/// `join {since_seq}`; further back, the client reads history.
 pub const MAX_RESUME: i64 = 10_000;
 /// Most conversations one resume names.
 pub const MAX_RESUME_CONVERSATIONS: usize = 1000;
@@ -287,27 +287,31 @@ async fn answer_join(
     }
 }
 
-/// Reads what a client missed after `since`, up to [`MAX_RESUME`] messages; `true` when
-/// that is everything.
+/// Reads what a client missed after `since`, up to `max` messages; `true` when that is
+/// everything.
 async fn read_backlog(
     state: &AppState,
     conversation_id: Uuid,
     since: i64,
+    max: i64,
 ) -> AppResult<(Vec<crate::core::messages::Message>, bool)> {
     let mut backlog = vec![];
     let mut after = since;
     loop {
-        let page = history::since(state, conversation_id, after, MAX_GAP_FILL).await?;
-        let full = page.len() as i64 == MAX_GAP_FILL;
+        let want = (max - backlog.len() as i64).min(MAX_GAP_FILL);
+        if want <= 0 {
+            // Out of budget: complete only if nothing more is there.
+            let more = history::since(state, conversation_id, after, 1).await?;
+            return Ok((backlog, more.is_empty()));
+        }
+        let page = history::since(state, conversation_id, after, want).await?;
+        let full = page.len() as i64 == want;
         if let Some(last) = page.last() {
             after = last.seq;
         }
         backlog.extend(page);
         if !full {
             return Ok((backlog, true));
-        }
-        if backlog.len() as i64 >= MAX_RESUME {
-            return Ok((backlog, false));
         }
     }
 }
@@ -326,10 +330,13 @@ async fn resume(
             format!("at most {MAX_RESUME_CONVERSATIONS} conversations per resume"),
         ));
     }
+    // A resume reads the log: it counts against the principal's rate limit.
+    state.limiter.check(&principal.id)?;
     let mut resumed = vec![];
     let mut failed = vec![];
+    let mut budget = MAX_RESUME;
     for (key, since) in positions {
-        match resume_one(state, socket, principal, &key, since).await {
+        match resume_one(state, socket, principal, &key, since, &mut budget).await {
             Ok(done) => resumed.push(done),
             Err(e) => failed.push(
                 json!({ "conversation_id": key, "code": e.code(), "message": e.to_string() }),
@@ -345,6 +352,7 @@ async fn resume_one(
     principal: &Principal,
     key: &str,
     since: i64,
+    budget: &mut i64,
 ) -> AppResult<Value> {
     if since < 0 {
         return Err(AppError::invalid_field("since", "must not be negative"));
@@ -357,7 +365,7 @@ async fn resume_one(
         cursor.forget(conversation_id);
         return Err(e);
     }
-    let (backlog, complete) = match read_backlog(state, conversation_id, since).await {
+    let (backlog, complete) = match read_backlog(state, conversation_id, since, *budget).await {
         Ok(read) => read,
         Err(e) => {
             socket.leave(room(conversation_id));
@@ -366,6 +374,7 @@ async fn resume_one(
         }
     };
     crate::metrics::resumed_messages(backlog.len());
+    *budget -= backlog.len() as i64;
     let last = cursor
         .release(socket, conversation_id, since, &backlog, true)
         .await
@@ -376,7 +385,7 @@ async fn resume_one(
         "from_seq": since,
         "last_seq": last,
         "delivered": backlog.len(),
-        // `false`: more than MAX_RESUME were missed; read the rest from history.
+        // `false`: more was missed than one resume sends; read the rest from history.
         "complete": complete,
     }))
 }
@@ -497,6 +506,10 @@ async fn join(
     if since.is_some_and(|s| s < 0) {
         return Err(AppError::invalid_field("since_seq", "must not be negative"));
     }
+    if since.is_some() {
+        // Reading the log for a client counts against its rate limit.
+        state.limiter.check(&principal.id)?;
+    }
     if state.config.socket_allow_anonymous && socket.extensions.get::<Anonymous>().is_some() {
         // Legacy clients are not registered anywhere else: joining makes them a participant.
         let mut conn = state.db.acquire().await?;
@@ -525,7 +538,7 @@ async fn join(
             .await
             .map(|m| (m, true))
     } else {
-        read_backlog(state, conversation_id, since).await
+        read_backlog(state, conversation_id, since, MAX_RESUME).await
     };
     let (missed, _) = match read {
         Ok(read) => read,

@@ -394,3 +394,58 @@ async fn a_ws_client_reconnecting_with_since_seq_gets_the_missed_messages_first(
     let (code, frame) = Ws::connect_url(&bad).await.expect_err("refused");
     assert_eq!(code, 4400, "{frame}");
 }
+
+/// Stores `n` messages straight into the log (fast; no wake-ups).
+async fn bulk(app: &TestApp, cid: &str, n: i64) {
+    sqlx::query(
+        r#"
+        WITH c AS (
+            UPDATE conversations SET last_seq = last_seq + $2, message_count = message_count + $2
+            WHERE id = $1::uuid RETURNING last_seq, platform, platform_conversation_id
+        )
+        INSERT INTO messages (id, conversation_id, seq, sender_id, sender_type, text, platform_context)
+        SELECT gen_random_uuid(), $1::uuid, c.last_seq - $2 + g, 'alice', 'user', 'bulk ' || g,
+               jsonb_build_object('platform', c.platform, 'room_id', c.platform_conversation_id,
+                                  'channel_id', c.platform_conversation_id)
+        FROM c, generate_series(1, $2) AS g
+        "#,
+    )
+    .bind(cid)
+    .bind(n)
+    .execute(&app.db)
+    .await
+    .expect("bulk insert");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_resume_sends_at_most_ten_thousand_messages_and_says_what_is_left() {
+    let app = spawn_app_with(|_| {}).await;
+    let first = app.conversation("alice", &["bob"]).await;
+    let second = app.conversation("alice", &["bob"]).await;
+    assert!(first < second, "ids are time-ordered");
+    bulk(&app, &first, 9_990).await;
+    bulk(&app, &second, 20).await;
+    let mut bob = Sio::connect(&app, Some(&token("bob")))
+        .await
+        .expect("connect");
+    let ack = bob
+        .call(
+            "resume",
+            json!({ "conversations": { first.clone(): 0, second.clone(): 0 } }),
+        )
+        .await;
+    assert_eq!(ack["success"], true, "{ack}");
+    let done = ack["data"]["conversations"]
+        .as_array()
+        .expect("list")
+        .clone();
+    assert_eq!(done[0]["delivered"], 9_990);
+    assert_eq!(done[0]["complete"], true);
+    assert_eq!(done[1]["delivered"], 10, "{ack}");
+    assert_eq!(done[1]["complete"], false, "{ack}");
+    assert_eq!(
+        bob.queued("messageBroadcast"),
+        10_000,
+        "sent before the ack"
+    );
+}
