@@ -62,8 +62,9 @@ pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
         .connect_lazy_with(options.application_name("colloquy")))
 }
 
-/// The pool of the event bus and the delivery stage: a few connections of their own.
-pub fn delivery_pool(config: &Config) -> anyhow::Result<PgPool> {
+/// A small pool of its own (the bus, the delivery stage): `connections` at most, named
+/// `application_name` in `pg_stat_activity`.
+pub fn side_pool(config: &Config, connections: u32, name: &str) -> anyhow::Result<PgPool> {
     let url = config
         .database_url
         .as_ref()
@@ -73,14 +74,17 @@ pub fn delivery_pool(config: &Config) -> anyhow::Result<PgPool> {
         .parse()
         .context("DATABASE_URL is not a valid Postgres URL")?;
     Ok(PgPoolOptions::new()
-        .max_connections(DELIVERY_CONNECTIONS)
+        .max_connections(connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name("colloquy-delivery")))
+        .connect_lazy_with(options.application_name(name)))
 }
 
-/// Connections of the delivery pool: the bus listener holds one, its relay and the log
-/// reads share the others.
+/// Client log reads (resumes, `join {since_seq}`) at once per process.
+pub const BACKLOG_READS: usize = 8;
+
+/// Connections of the delivery pool: the bus listener holds one, the delivery stage's log
+/// reads share the others. (The bus relay has one more of its own.)
 pub const DELIVERY_CONNECTIONS: u32 = 3;
 
 /// Runs migrations, retrying with backoff until the database answers.
@@ -160,7 +164,7 @@ impl Server {
             )?),
             crate::config::SummaryProvider::Extractive => None,
         };
-        let delivery_db = delivery_pool(&config)?;
+        let delivery_db = side_pool(&config, DELIVERY_CONNECTIONS, "colloquy-delivery")?;
         let events = Events::new();
         let (writer, writers) = crate::core::writer::Writer::spawn(db.clone(), events.clone());
         let state = AppState {
@@ -175,6 +179,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             closing: CancellationToken::new(),
             sends: tokio_util::task::TaskTracker::new(),
+            backlog_reads: Arc::new(tokio::sync::Semaphore::new(BACKLOG_READS)),
             delivery_db,
             ready: Arc::new(AtomicBool::new(false)),
             owner_claims: Default::default(),

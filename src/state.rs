@@ -23,6 +23,9 @@ pub struct AppState {
     /// Cancelled once every send taken before shutdown is answered and delivered: the
     /// transports close their sockets then.
     pub closing: CancellationToken,
+    /// Log reads for clients (resumes, `join {since_seq}`) running at once on this process:
+    /// each may hold megabytes, so they take turns.
+    pub backlog_reads: Arc<tokio::sync::Semaphore>,
     /// The sends in flight (each holds a token until it is answered).
     pub sends: tokio_util::task::TaskTracker,
     /// A small pool of its own for the event bus and the delivery stage's log reads, so

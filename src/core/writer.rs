@@ -128,6 +128,13 @@ async fn run(db: PgPool, events: Events, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
                 return;
             }
         }
+        // A caller that gave up on a send without a client id cannot retry it safely:
+        // storing it now would duplicate its retry. (With a client id, storing it is
+        // harmless — the retry finds it — and it is delivered.)
+        jobs.retain(|j| !(j.reply.is_closed() && j.draft.client_message_id.is_none()));
+        if jobs.is_empty() {
+            continue;
+        }
         crate::metrics::write_batch(jobs.len());
         let mut stored: HashMap<Uuid, SentRow> = HashMap::new();
         if jobs.len() > 1 {

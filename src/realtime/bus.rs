@@ -9,7 +9,8 @@
 //! A notification is a wake-up, not the record: a process that loses its LISTEN
 //! connection (or a relay batch that fails) misses wake-ups, and its delivery stage reads
 //! the messages from the log instead (`realtime::delivery`). The bus has its own small
-//! pool (`AppState::delivery_db`), so it never waits behind requests for a connection,
+//! pool (`AppState::delivery_db`; the relay a connection of its own), so it never waits
+//! behind requests for a connection,
 //! and it keeps running until shutdown has delivered every answered send.
 
 use std::{sync::Arc, time::Duration};
@@ -91,7 +92,9 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     state.events.set_relay(tx);
     vec![
         tokio::spawn(relay(
-            state.delivery_db.clone(),
+            // The relay's own connection: sending wake-ups never waits for one.
+            crate::startup::side_pool(&state.config, 1, "colloquy-relay")
+                .unwrap_or_else(|_| state.delivery_db.clone()),
             node,
             rx,
             state.closing.clone(),

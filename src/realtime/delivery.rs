@@ -71,8 +71,9 @@ struct Track {
     active: Instant,
     /// Until when a local client follows the conversation.
     watched_until: Option<Instant>,
-    /// The highest `seq` a follower reported: where a track born from a follow report
-    /// starts when no wake-up came during the warm-up.
+    /// The lowest `seq` a follower reported (positions the server read at a join, never
+    /// one a client named): where a track born from follow reports starts, so no
+    /// follower misses what came after its own position.
     hint: Option<i64>,
 }
 
@@ -133,7 +134,7 @@ async fn run(
                 };
                 track.watched_until = Some(now + WATCH_LASTS);
                 if let Some(seq) = watch.seq {
-                    track.hint = Some(track.hint.map_or(seq, |h| h.max(seq)));
+                    track.hint = Some(track.hint.map_or(seq, |h| h.min(seq)));
                 }
             }
             Some(fill) = filled.recv() => {

@@ -99,13 +99,27 @@ async fn revoke(state: &AppState, io: &SocketIo, namespaces: &[String], conversa
         let mut ids: Vec<String> = sockets.iter().map(|(_, id)| id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
-        // Fail closed: without an answer, nobody but admins and services keeps listening.
-        let readers = access::readers_among(&state.db, conversation_id, &ids)
-            .await
-            .unwrap_or_default();
-        for (socket, id) in sockets {
-            if !readers.contains(&id) {
-                socket.leave(target.clone());
+        // Fail closed: without an answer, nobody but admins and services keeps listening —
+        // and those sockets are disconnected rather than silently left out of the room,
+        // so their clients reconnect and resume (which checks access again).
+        let readers = tokio::time::timeout(
+            Duration::from_secs(5),
+            access::readers_among(&state.delivery_db, conversation_id, &ids),
+        )
+        .await;
+        match readers {
+            Ok(Ok(readers)) => {
+                for (socket, id) in sockets {
+                    if !readers.contains(&id) {
+                        socket.leave(target.clone());
+                    }
+                }
+            }
+            _ => {
+                tracing::warn!(%conversation_id, "could not re-check access after a removal; disconnecting its sockets");
+                for (socket, _) in sockets {
+                    let _ = socket.disconnect();
+                }
             }
         }
     }

@@ -115,10 +115,14 @@ async fn emit(
 
 /// Sends `inboxUpdated` to `principal`'s sockets, if any is on this process.
 async fn updated(io: &SocketIo, namespaces: &[String], id: Uuid, known: &Known, principal: &str) {
+    // Only to participants as they are now (one removed since the update was marked
+    // hears nothing more of the conversation).
+    let Some(read) = known.horizons.get(principal).copied() else {
+        return;
+    };
     if !online(io, namespaces, principal) {
         return;
     }
-    let read = known.horizons.get(principal).copied().unwrap_or(0);
     let data = json!({
         "conversation_id": id,
         "last_seq": known.last_seq,
@@ -141,12 +145,12 @@ async fn load(state: &AppState, id: Uuid) -> Option<Known> {
             "SELECT participant_id, last_read_seq FROM participants WHERE conversation_id = $1 LIMIT 10000",
         )
         .bind(id)
-        .fetch_all(&state.delivery_db)
+        .fetch_all(&state.db)
         .await?;
         let last_seq: Option<(i64,)> =
             sqlx::query_as("SELECT last_seq FROM conversations WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&state.delivery_db)
+                .fetch_optional(&state.db)
                 .await?;
         Ok::<_, sqlx::Error>((horizons, last_seq))
     };
@@ -252,7 +256,7 @@ async fn handle(
                 return;
             }
             let fetched = async {
-                let mut conn = state.delivery_db.acquire().await.ok()?;
+                let mut conn = state.db.acquire().await.ok()?;
                 conversations::fetch(&mut conn, principal, id).await.ok()
             };
             if let Ok(Some(conversation)) = tokio::time::timeout(READ_TIMEOUT, fetched).await {
@@ -262,16 +266,33 @@ async fn handle(
         }
         EventKind::ParticipantLeft => {
             known.remove(&id);
+            dirty.retain(|(c, _)| *c != id);
             if let Some(principal) = d["participant_id"].as_str() {
                 let data = json!({ "conversation_id": id, "reason": "removed" });
                 emit(io, namespaces, principal, "conversationRemoved", &data).await;
             }
         }
         EventKind::ConversationDeleted => {
+            dirty.retain(|(c, _)| *c != id);
             if let Some(k) = known.remove(&id) {
                 let data = json!({ "conversation_id": id, "reason": "deleted" });
                 for principal in k.horizons.keys() {
                     emit(io, namespaces, principal, "conversationRemoved", &data).await;
+                }
+            }
+        }
+        // An edit or delete of the message the inbox shows: it shows the new state (a
+        // deleted message's text is gone from storage and from here too).
+        EventKind::MessageUpdated | EventKind::MessageDeleted => {
+            if let Some(k) = known.get_mut(&id)
+                && !k.last_message.is_null()
+                && k.last_message["id"] == d["id"]
+            {
+                if d["seq"].is_i64() {
+                    k.last_message = d.clone();
+                    mark_all(dirty, id, k);
+                } else {
+                    known.remove(&id);
                 }
             }
         }

@@ -43,6 +43,11 @@ pub const MAX_GAP_FILL: i64 = 1000;
 pub const MAX_RESUME: i64 = 10_000;
 /// Most conversations one resume names.
 pub const MAX_RESUME_CONVERSATIONS: usize = 1000;
+/// Rows per log read for a backlog.
+const BACKLOG_PAGE: i64 = 200;
+/// Most bytes (text, metadata, attachments) one backlog read holds; past it the client
+/// pages the rest with the history API (`has_more`, `complete: false`).
+pub const MAX_BACKLOG_BYTES: usize = 8 * 1024 * 1024;
 
 pub fn layer(state: &AppState) -> (SocketIoLayer, SocketIo) {
     let (layer, io) = SocketIo::builder()
@@ -77,7 +82,16 @@ async fn authenticate(
         }
         _ => HandshakeAuth::default(),
     };
+    // The socket's cursor exists before any handler or broadcast can reach it.
+    let cursor = Cursor::default();
+    socket.extensions.insert(cursor.clone());
     if let Some(resume) = auth.resume {
+        // Live messages of the conversations to resume wait from now on, so a room the
+        // socket joins before its resume runs (an agent's auto-join, a client's own
+        // `join` in its connect callback) cannot get ahead of the missed ones.
+        for id in resume.keys().filter_map(|k| Uuid::parse_str(k).ok()) {
+            cursor.hold(id);
+        }
         socket.extensions.insert(PendingResume(resume));
     }
     let from_auth = auth.token;
@@ -158,7 +172,7 @@ fn register(socket: &SocketRef) {
                 Ok(d) => join(&st, &s, d, wants_ack).await,
                 Err(e) => Err(e),
             };
-            answer_join(&st, &s, ack, "join", r).await;
+            answer_join(&s, ack, "join", r).await;
         },
     );
     on_event!(socket, "leave", leave);
@@ -204,7 +218,7 @@ fn register(socket: &SocketRef) {
                 Ok(d) => eliza_envelope(&st, &s, d, wants_ack).await,
                 Err(e) => Err(e),
             };
-            answer_join(&st, &s, ack, "message", r).await;
+            answer_join(&s, ack, "message", r).await;
         },
     );
     on_event!(socket, "typing", typing);
@@ -213,16 +227,13 @@ fn register(socket: &SocketRef) {
 }
 
 async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
-    // Agents are joined to every conversation they are in, so they hear users at once.
-    if let Some(p) = socket.extensions.get::<Principal>()
-        && p.kind == PrincipalKind::Agent
-        && let Err(e) = join_all(&state, &socket, &p).await
-    {
-        tracing::warn!(error = %e, "auto-join for agent failed");
-    }
     // A resume named in the handshake: back into the rooms, missed messages first, then
     // `resumed` says where each conversation stands.
     if let Some(PendingResume(positions)) = socket.extensions.remove::<PendingResume>() {
+        let held: Vec<Uuid> = positions
+            .keys()
+            .filter_map(|k| Uuid::parse_str(k).ok())
+            .collect();
         let outcome = match identity(&state, &socket, &Claimed::default()) {
             Ok(principal) => resume(&state, &socket, &principal, positions).await,
             Err(e) => Err(e),
@@ -232,11 +243,23 @@ async fn on_connect(socket: SocketRef, State(state): State<AppState>) {
                 let _ = socket.emit("resumed", &outcome);
             }
             Err(e) => {
+                // Nothing resumed: what was held for it goes.
+                let cursor = Cursor::of(&socket);
+                for id in held {
+                    cursor.forget(id);
+                }
                 let mut body = serde_json::to_value(e.body()).unwrap_or(Value::Null);
                 body["event"] = json!("resume");
                 let _ = socket.emit("error", &body);
             }
         }
+    }
+    // Agents are joined to every conversation they are in, so they hear users at once.
+    if let Some(p) = socket.extensions.get::<Principal>()
+        && p.kind == PrincipalKind::Agent
+        && let Err(e) = join_all(&state, &socket, &p).await
+    {
+        tracing::warn!(error = %e, "auto-join for agent failed");
     }
 }
 
@@ -258,13 +281,7 @@ struct Release {
     emit_backlog: bool,
 }
 
-async fn answer_join(
-    state: &AppState,
-    socket: &SocketRef,
-    ack: Ack,
-    event: &str,
-    result: AppResult<Joined>,
-) {
+async fn answer_join(socket: &SocketRef, ack: Ack, event: &str, result: AppResult<Joined>) {
     let (result, release) = match result {
         Ok((data, release)) => (Ok(data), release),
         Err(e) => (Err(e), None),
@@ -272,7 +289,7 @@ async fn answer_join(
     respond(socket, ack, event, result);
     if let Some(r) = release {
         let cursor = Cursor::of(socket);
-        if let Some(last) = cursor
+        cursor
             .release(
                 socket,
                 r.conversation_id,
@@ -280,10 +297,7 @@ async fn answer_join(
                 &r.backlog,
                 r.emit_backlog,
             )
-            .await
-        {
-            state.events.watch(r.conversation_id, Some(last));
-        }
+            .await;
     }
 }
 
@@ -293,23 +307,38 @@ async fn read_backlog(
     state: &AppState,
     conversation_id: Uuid,
     since: i64,
+    until: i64,
     max: i64,
 ) -> AppResult<(Vec<crate::core::messages::Message>, bool)> {
+    let _reading = state
+        .backlog_reads
+        .acquire()
+        .await
+        .map_err(|e| AppError::Unavailable(e.into()))?;
     let mut backlog = vec![];
+    let mut bytes = 0;
     let mut after = since;
     loop {
-        let want = (max - backlog.len() as i64).min(MAX_GAP_FILL);
-        if want <= 0 {
-            // Out of budget: complete only if nothing more is there.
-            let more = history::since(state, conversation_id, after, 1).await?;
-            return Ok((backlog, more.is_empty()));
+        if after >= until {
+            return Ok((backlog, true));
+        }
+        let want = (max - backlog.len() as i64).min(BACKLOG_PAGE);
+        if want <= 0 || bytes >= MAX_BACKLOG_BYTES {
+            return Ok((backlog, false));
         }
         let page = history::since(state, conversation_id, after, want).await?;
         let full = page.len() as i64 == want;
-        if let Some(last) = page.last() {
-            after = last.seq;
+        for message in page {
+            // Newer than the access check: those come live, through the hold.
+            if message.seq > until {
+                return Ok((backlog, true));
+            }
+            after = message.seq;
+            bytes += message.text.len()
+                + serde_json::to_vec(&message.metadata).map_or(0, |v| v.len())
+                + serde_json::to_vec(&message.attachments).map_or(0, |v| v.len());
+            backlog.push(message);
         }
-        backlog.extend(page);
         if !full {
             return Ok((backlog, true));
         }
@@ -335,8 +364,19 @@ async fn resume(
     let mut resumed = vec![];
     let mut failed = vec![];
     let mut budget = MAX_RESUME;
+    let mut seen = std::collections::HashSet::new();
     for (key, since) in positions {
-        match resume_one(state, socket, principal, &key, since, &mut budget).await {
+        match resume_one(
+            state,
+            socket,
+            principal,
+            &key,
+            since,
+            &mut budget,
+            &mut seen,
+        )
+        .await
+        {
             Ok(done) => resumed.push(done),
             Err(e) => failed.push(
                 json!({ "conversation_id": key, "code": e.code(), "message": e.to_string() }),
@@ -353,19 +393,29 @@ async fn resume_one(
     key: &str,
     since: i64,
     budget: &mut i64,
+    seen: &mut std::collections::HashSet<Uuid>,
 ) -> AppResult<Value> {
     if since < 0 {
         return Err(AppError::invalid_field("since", "must not be negative"));
     }
     validate::id("conversation_id", key)?;
     let conversation_id = payload::resolve(state, &Target::id(key)).await?;
+    if !seen.insert(conversation_id) {
+        return Err(AppError::validation("this conversation is named twice"));
+    }
     let cursor = Cursor::of(socket);
     cursor.hold(conversation_id);
-    if let Err(e) = join_checked(state, socket, principal, conversation_id).await {
-        cursor.forget(conversation_id);
-        return Err(e);
-    }
-    let (backlog, complete) = match read_backlog(state, conversation_id, since, *budget).await {
+    let access = match join_checked(state, socket, principal, conversation_id).await {
+        Ok(access) => access,
+        Err(e) => {
+            cursor.forget(conversation_id);
+            return Err(e);
+        }
+    };
+    // A position past the end (a stale client, a restored database) stands at the end.
+    let since = since.min(access.last_seq);
+    let read = read_backlog(state, conversation_id, since, access.last_seq, *budget).await;
+    let (backlog, complete) = match read {
         Ok(read) => read,
         Err(e) => {
             socket.leave(room(conversation_id));
@@ -379,7 +429,6 @@ async fn resume_one(
         .release(socket, conversation_id, since, &backlog, true)
         .await
         .ok_or_else(|| AppError::Unavailable(anyhow::anyhow!("the socket closed")))?;
-    state.events.watch(conversation_id, Some(last));
     Ok(json!({
         "conversation_id": conversation_id,
         "from_seq": since,
@@ -529,18 +578,18 @@ async fn join(
     // Live messages wait while the log is read, so the two never overlap or cross.
     let cursor = Cursor::of(socket);
     cursor.hold(conversation_id);
-    if let Err(e) = join_checked(state, socket, &principal, conversation_id).await {
-        cursor.forget(conversation_id);
-        return Err(e);
-    }
-    let read = if wants_ack {
-        history::since(state, conversation_id, since, MAX_GAP_FILL)
-            .await
-            .map(|m| (m, true))
-    } else {
-        read_backlog(state, conversation_id, since, MAX_RESUME).await
+    let access = match join_checked(state, socket, &principal, conversation_id).await {
+        Ok(access) => access,
+        Err(e) => {
+            cursor.forget(conversation_id);
+            return Err(e);
+        }
     };
-    let (missed, _) = match read {
+    // A position past the end (a stale client, a restored database) stands at the end.
+    let since = since.min(access.last_seq);
+    let max = if wants_ack { MAX_GAP_FILL } else { MAX_RESUME };
+    let read = read_backlog(state, conversation_id, since, access.last_seq, max).await;
+    let (missed, complete) = match read {
         Ok(read) => read,
         Err(e) => {
             socket.leave(room(conversation_id));
@@ -549,9 +598,8 @@ async fn join(
         }
     };
     crate::metrics::resumed_messages(missed.len());
-    let last = missed.last().map_or(since, |m| m.seq.max(since));
     let mut data = json!({ "conversation": conversation, "conversation_id": conversation_id });
-    data["has_more"] = json!(conversation.last_seq.max(last) - since > MAX_GAP_FILL && wants_ack);
+    data["has_more"] = json!(!complete && wants_ack);
     if wants_ack {
         data["messages"] = serde_json::to_value(&missed).map_err(anyhow::Error::from)?;
     }
@@ -614,13 +662,17 @@ async fn join_checked(
     socket: &SocketRef,
     principal: &Principal,
     conversation_id: Uuid,
-) -> AppResult<()> {
+) -> AppResult<Access> {
+    // Checked before the join too: a socket that may not read the conversation is never
+    // in its room, not even for the length of a query.
+    Access::load(&state.db, principal, conversation_id).await?;
     socket.join(room(conversation_id));
     match Access::load(&state.db, principal, conversation_id).await {
         Ok(access) => {
-            // The delivery stage follows the conversation from where it stands now.
+            // The delivery stage follows the conversation from where it stands now (a
+            // position the server read, never one a client named).
             state.events.watch(conversation_id, Some(access.last_seq));
-            Ok(())
+            Ok(access)
         }
         Err(e) => {
             socket.leave(room(conversation_id));

@@ -202,8 +202,16 @@ async fn send_from_log(
         )
         .await;
         let Ok(Ok(messages)) = read else {
-            tracing::warn!(conversation_id = %access.conversation_id, "could not read missed messages for a /ws session");
-            return true;
+            // Skipping the hole would break the session's stream: close it instead
+            // (1013, try again), and the client reconnects with its `since_seq`.
+            tracing::warn!(conversation_id = %access.conversation_id, "could not read missed messages for a /ws session; closing it");
+            let _ = tx
+                .send(close(
+                    close_code::AGAIN,
+                    "missed messages could not be read; reconnect with since_seq",
+                ))
+                .await;
+            return false;
         };
         let full = messages.len() as i64 == limit;
         crate::metrics::delivery_gap_filled(messages.len());
@@ -252,12 +260,15 @@ async fn session(
     }
     // Where this session stands in the conversation's stream: what came after is sent
     // exactly once, in order; a reconnecting client named its last `seq`.
-    let mut last = since_seq.unwrap_or(access.last_seq);
+    // A position past the end (a stale client, a restored database) stands at the end.
+    let mut last = since_seq.map_or(access.last_seq, |s| s.min(access.last_seq));
     if since_seq.is_some() && !send_from_log(&state, &access, &mut tx, &mut last, None).await {
         crate::metrics::connection_closed("ws");
         return;
     }
-    state.events.watch(access.conversation_id, Some(last));
+    state
+        .events
+        .watch(access.conversation_id, Some(access.last_seq));
     let mut refresh = tokio::time::interval(super::delivery::WATCH_REFRESH);
     refresh.tick().await;
     loop {

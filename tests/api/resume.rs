@@ -449,3 +449,87 @@ async fn one_resume_sends_at_most_ten_thousand_messages_and_says_what_is_left() 
         "sent before the ack"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_past_the_end_neither_silences_the_conversation_nor_its_owner() {
+    let app = spawn_app_with(|_| {}).await;
+    let cid = app.conversation("alice", &["bob", "carol"]).await;
+    app.send("alice", &cid, "before").await;
+    // Bob names a position far past the end, first thing on this process.
+    let url = format!(
+        "ws://{}/ws?session_id={cid}&token={}&since_seq={}",
+        app.addr,
+        token("bob"),
+        i64::MAX
+    );
+    let mut bob_ws = Ws::connect_url(&url).await.expect("ws");
+    bob_ws.next("status", 3000).await.expect("status");
+    let mut bob = Sio::connect(&app, Some(&token("bob")))
+        .await
+        .expect("connect");
+    let ack = bob
+        .call(
+            "join",
+            json!({ "conversation_id": cid, "since_seq": i64::MAX }),
+        )
+        .await;
+    assert_eq!(ack["success"], true, "{ack}");
+    assert_eq!(ack["data"]["messages"], json!([]));
+    let ack = bob
+        .call(
+            "resume",
+            json!({ "conversations": { cid.clone(): i64::MAX } }),
+        )
+        .await;
+    assert_eq!(ack["data"]["conversations"][0]["last_seq"], 1, "{ack}");
+    let mut carol = Sio::connect(&app, Some(&token("carol")))
+        .await
+        .expect("connect");
+    assert_eq!(
+        carol.call("join", json!({ "conversation_id": cid })).await["success"],
+        true
+    );
+    for i in 0..3 {
+        app.send("alice", &cid, &format!("after {i}")).await;
+    }
+    assert_exactly("carol", &broadcasts_until(&mut carol, 4, 3000).await, 2, 4);
+    assert_exactly("bob", &broadcasts_until(&mut bob, 4, 3000).await, 2, 4);
+    let mut ws_seqs = vec![];
+    while let Some(m) = bob_ws.next("message", 3000).await {
+        ws_seqs.push(m["seq"].as_i64().expect("seq"));
+        if ws_seqs.len() == 3 {
+            break;
+        }
+    }
+    assert_exactly("bob over /ws", &ws_seqs, 2, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_participant_hears_nothing_more_from_the_inbox() {
+    let app = spawn_app_with(|c| c.rate_limit_per_minute = 1_000_000).await;
+    let cid = app.conversation("alice", &["bob"]).await;
+    let mut bob = Sio::connect(&app, Some(&token("bob")))
+        .await
+        .expect("connect");
+    app.send("alice", &cid, "hello").await;
+    bob.next_event("inboxUpdated", 3000).await.expect("inbox");
+    // A message marks bob's inbox, then he is removed before the update goes out.
+    app.send("alice", &cid, "last one for bob").await;
+    let (status, _) = app
+        .request(
+            reqwest::Method::DELETE,
+            &api(&format!("/conversations/{cid}/participants/bob")),
+            Some(&token("alice")),
+            None,
+        )
+        .await;
+    assert!(status.is_success());
+    app.send("alice", &cid, "after bob left").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    while let Some(u) = bob.next_event("inboxUpdated", 100).await {
+        assert_ne!(
+            u["last_message"]["text"], "after bob left",
+            "a removed participant saw a later message: {u}"
+        );
+    }
+}
