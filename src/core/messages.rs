@@ -341,6 +341,26 @@ pub async fn send(
     state: &AppState,
     principal: &Principal,
     conversation_id: Uuid,
+    input: SendMessage,
+    options: SendOptions,
+) -> AppResult<Sent> {
+    // Under database trouble the caller hears back in bounded time, whatever step waits
+    // (the write, or the reads that explain a refusal or find a retried original). The
+    // send may still commit (and is then delivered): a retry with the same client id is
+    // safe.
+    let attempt = send_once(state, principal, conversation_id, input, options);
+    match tokio::time::timeout(SEND_TIMEOUT, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(AppError::Unavailable(anyhow::anyhow!(
+            "the database did not answer in time; send again with the same client_message_id"
+        ))),
+    }
+}
+
+async fn send_once(
+    state: &AppState,
+    principal: &Principal,
+    conversation_id: Uuid,
     mut input: SendMessage,
     options: SendOptions,
 ) -> AppResult<Sent> {
@@ -378,13 +398,7 @@ pub async fn send(
         origin: options.origin,
         source: options.source,
     });
-    // Under database trouble the caller hears back in bounded time; the send may still
-    // commit (and is then delivered), so a retry with the same client id is safe.
-    let Ok(inserted) = tokio::time::timeout(SEND_TIMEOUT, write).await else {
-        return Err(AppError::Unavailable(anyhow::anyhow!(
-            "the database did not answer in time; send again with the same client_message_id"
-        )));
-    };
+    let inserted = write.await;
 
     let message = match inserted {
         Ok(Some(row)) => row,

@@ -514,8 +514,14 @@ fn respond(socket: &SocketRef, Ack(wanted, ack): Ack, event: &str, result: AppRe
             body
         }
     };
-    if wanted {
-        let _ = ack.send(&body);
+    if wanted
+        && let Err(socketioxide::SendError::Socket(socketioxide::SocketError::InternalChannelFull)) =
+            ack.send(&body)
+    {
+        // An answer that cannot be delivered must not vanish: the client, disconnected,
+        // reconnects, resumes and retries with its client id.
+        crate::metrics::slow_consumer_disconnected();
+        let _ = socket.clone().disconnect();
     }
 }
 

@@ -98,6 +98,10 @@ async fn prepare(state: &AppState, query: &str, headers: &HeaderMap) -> AppResul
     validate::id("session_id", &session)?;
     let conversation_id = payload::resolve(state, &super::protocol::Target::id(&session)).await?;
     let access = Access::load(&state.db, &principal, conversation_id).await?;
+    if params.since_seq.is_some() {
+        // Reading the log for a client counts against its rate limit.
+        state.limiter.check(&principal.id)?;
+    }
     Ok(Prepared {
         principal,
         access,
@@ -262,6 +266,18 @@ async fn session(
     // exactly once, in order; a reconnecting client named its last `seq`.
     // A position past the end (a stale client, a restored database) stands at the end.
     let mut last = since_seq.map_or(access.last_seq, |s| s.min(access.last_seq));
+    // At most MAX_RESUME messages are replayed; further back, the client reads history.
+    let floor = access.last_seq - crate::realtime::socketio::MAX_RESUME;
+    if last < floor {
+        let note = json!({ "type": "error", "code": "HISTORY_TRUNCATED",
+            "message": format!("more than {} messages were missed; read up to seq {floor} from the history API",
+                crate::realtime::socketio::MAX_RESUME) });
+        if tx.send(frame(&note)).await.is_err() {
+            crate::metrics::connection_closed("ws");
+            return;
+        }
+        last = floor;
+    }
     if since_seq.is_some() && !send_from_log(&state, &access, &mut tx, &mut last, None).await {
         crate::metrics::connection_closed("ws");
         return;
