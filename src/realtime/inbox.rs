@@ -51,7 +51,9 @@ pub const COALESCE: Duration = Duration::from_millis(100);
 /// What the inbox knows of one conversation.
 struct Known {
     last_seq: i64,
-    last_message: Value,
+    /// The message at `last_seq` (shared with the event that brought it: no copy per
+    /// message); `None` when the conversation has none.
+    last_message: Option<Arc<Event>>,
     /// Participant → last read `seq`.
     horizons: HashMap<String, i64>,
     used: Instant,
@@ -66,7 +68,7 @@ pub fn spawn(
     let state = state.clone();
     tokio::spawn(async move {
         let mut known: HashMap<Uuid, Known> = HashMap::new();
-        let mut dirty: HashSet<(Uuid, String)> = HashSet::new();
+        let mut dirty = Dirty::default();
         let mut tick = tokio::time::interval(COALESCE);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -78,7 +80,14 @@ pub fn spawn(
                     Err(RecvError::Closed) => return,
                 },
                 _ = tick.tick(), if !dirty.is_empty() => {
-                    for (id, principal) in dirty.drain() {
+                    for id in std::mem::take(&mut dirty.everyone) {
+                        if let Some(k) = known.get(&id) {
+                            for principal in k.horizons.keys() {
+                                updated(&io, &namespaces, id, k, principal).await;
+                            }
+                        }
+                    }
+                    for (id, principal) in std::mem::take(&mut dirty.one) {
                         if let Some(k) = known.get(&id) {
                             updated(&io, &namespaces, id, k, &principal).await;
                         }
@@ -102,7 +111,7 @@ async fn emit(
     namespaces: &[String],
     principal_id: &str,
     name: &'static str,
-    data: &Value,
+    data: &(impl serde::Serialize + ?Sized),
 ) {
     for ns in namespaces {
         if let Some(op) = io.of(ns.as_str())
@@ -123,20 +132,45 @@ async fn updated(io: &SocketIo, namespaces: &[String], id: Uuid, known: &Known, 
     if !online(io, namespaces, principal) {
         return;
     }
-    let data = json!({
-        "conversation_id": id,
-        "last_seq": known.last_seq,
-        "unread_count": (known.last_seq - read).max(0),
-        "last_message": known.last_message,
-    });
+    let data = InboxUpdated {
+        conversation_id: id,
+        last_seq: known.last_seq,
+        unread_count: (known.last_seq - read).max(0),
+        last_message: known.last_message.as_ref().map(|e| &e.data),
+    };
     emit(io, namespaces, principal, "inboxUpdated", &data).await;
 }
 
-/// Marks every participant of the conversation for an `inboxUpdated` at the next tick.
-fn mark_all(dirty: &mut HashSet<(Uuid, String)>, id: Uuid, known: &Known) {
-    for principal in known.horizons.keys() {
-        dirty.insert((id, principal.clone()));
+#[derive(serde::Serialize)]
+struct InboxUpdated<'a> {
+    conversation_id: Uuid,
+    last_seq: i64,
+    unread_count: i64,
+    last_message: Option<&'a Value>,
+}
+
+/// What awaits the next tick: conversations whose every participant hears of them, and
+/// single (conversation, principal) pairs (a read on one principal's device).
+#[derive(Default)]
+struct Dirty {
+    everyone: HashSet<Uuid>,
+    one: HashSet<(Uuid, String)>,
+}
+
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        self.everyone.is_empty() && self.one.is_empty()
     }
+
+    fn forget(&mut self, id: Uuid) {
+        self.everyone.remove(&id);
+        self.one.retain(|(c, _)| *c != id);
+    }
+}
+
+/// Marks every participant of the conversation for an `inboxUpdated` at the next tick.
+fn mark_all(dirty: &mut Dirty, id: Uuid) {
+    dirty.everyone.insert(id);
 }
 
 async fn load(state: &AppState, id: Uuid) -> Option<Known> {
@@ -165,8 +199,17 @@ async fn load(state: &AppState, id: Uuid) -> Option<Known> {
     )
     .await;
     let last_message = match last {
-        Ok(Ok(mut m)) if !m.is_empty() => serde_json::to_value(m.remove(0)).unwrap_or_default(),
-        _ => Value::Null,
+        Ok(Ok(mut m)) if !m.is_empty() => {
+            let data = serde_json::to_value(m.remove(0)).unwrap_or_default();
+            Some(Arc::new(Event {
+                kind: EventKind::MessageCreated,
+                conversation_id: id,
+                room: String::new(),
+                data,
+                origin: Default::default(),
+            }))
+        }
+        _ => None,
     };
     Some(Known {
         last_seq,
@@ -202,7 +245,7 @@ async fn handle(
     io: &SocketIo,
     namespaces: &[String],
     known: &mut HashMap<Uuid, Known>,
-    dirty: &mut HashSet<(Uuid, String)>,
+    dirty: &mut Dirty,
     event: &Arc<Event>,
 ) {
     let id = event.conversation_id;
@@ -215,10 +258,10 @@ async fn handle(
             };
             // Events come in seq order; one older than what a fresh load read changes
             // nothing but still reports (coalesced) the state as it is.
-            if seq >= k.last_seq || k.last_message.is_null() {
+            if seq >= k.last_seq || k.last_message.is_none() {
                 k.last_seq = k.last_seq.max(seq);
                 if seq == k.last_seq {
-                    k.last_message = d.clone();
+                    k.last_message = Some(event.clone());
                 }
             }
             // Sending moves the sender's own read horizon.
@@ -227,7 +270,7 @@ async fn handle(
             {
                 *h = (*h).max(seq);
             }
-            mark_all(dirty, id, k);
+            mark_all(dirty, id);
         }
         EventKind::MessagesRead => {
             let Some(user) = d["user_id"].as_str() else {
@@ -239,13 +282,10 @@ async fn handle(
             if let Some(seq) = d["last_read_seq"].as_i64() {
                 k.horizons.insert(user.to_owned(), seq);
             }
-            dirty.insert((id, user.to_owned()));
+            dirty.one.insert((id, user.to_owned()));
         }
-        EventKind::ConversationUpdated => {
-            let Some(k) = known_for(state, known, id).await else {
-                return;
-            };
-            mark_all(dirty, id, k);
+        EventKind::ConversationUpdated if known_for(state, known, id).await.is_some() => {
+            mark_all(dirty, id);
         }
         EventKind::ParticipantJoined => {
             known.remove(&id);
@@ -266,14 +306,14 @@ async fn handle(
         }
         EventKind::ParticipantLeft => {
             known.remove(&id);
-            dirty.retain(|(c, _)| *c != id);
+            dirty.forget(id);
             if let Some(principal) = d["participant_id"].as_str() {
                 let data = json!({ "conversation_id": id, "reason": "removed" });
                 emit(io, namespaces, principal, "conversationRemoved", &data).await;
             }
         }
         EventKind::ConversationDeleted => {
-            dirty.retain(|(c, _)| *c != id);
+            dirty.forget(id);
             if let Some(k) = known.remove(&id) {
                 let data = json!({ "conversation_id": id, "reason": "deleted" });
                 for principal in k.horizons.keys() {
@@ -285,12 +325,13 @@ async fn handle(
         // deleted message's text is gone from storage and from here too).
         EventKind::MessageUpdated | EventKind::MessageDeleted => {
             if let Some(k) = known.get_mut(&id)
-                && !k.last_message.is_null()
-                && k.last_message["id"] == d["id"]
+                && k.last_message
+                    .as_ref()
+                    .is_some_and(|m| m.data["id"] == d["id"])
             {
                 if d["seq"].is_i64() {
-                    k.last_message = d.clone();
-                    mark_all(dirty, id, k);
+                    k.last_message = Some(event.clone());
+                    mark_all(dirty, id);
                 } else {
                     known.remove(&id);
                 }
