@@ -100,6 +100,8 @@ impl Track {
 struct Filled {
     conversation_id: Uuid,
     events: Vec<Arc<Event>>,
+    /// A gap read (up to the first waiting message) that the database answered.
+    gap_read: bool,
 }
 
 pub fn spawn(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
@@ -141,8 +143,15 @@ async fn run(
                 if let Some(track) = tracks.get_mut(&fill.conversation_id) {
                     track.filling = false;
                     if fill.events.is_empty() && track.gap_since.is_some() {
-                        // Nothing (yet) in the log, or it could not be read: wait again.
-                        track.gap_since = Some(Instant::now());
+                        match (fill.gap_read, track.pending.keys().next().copied()) {
+                            // The log answered and holds nothing before the first waiting
+                            // message: those rows are gone (their conversation was deleted;
+                            // `seq` is gapless, so a later one committed means they had).
+                            // Waiting longer would only re-read forever.
+                            (true, Some(first)) => track.delivered = Some(first - 1),
+                            // It could not be read: wait and try again.
+                            _ => track.gap_since = Some(Instant::now()),
+                        }
                     }
                     crate::metrics::delivery_gap_filled(fill.events.len());
                     for event in fill.events {
@@ -272,6 +281,7 @@ fn spawn_fill(
         let ids: Vec<Uuid> = from.iter().map(|(id, _)| *id).collect();
         let after: Vec<i64> = from.iter().map(|(_, seq)| *seq).collect();
         let rows = read_after(&db, &ids, &after, until).await;
+        let gap_read = rows.is_ok() && until.is_some();
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
@@ -315,6 +325,7 @@ fn spawn_fill(
                 .send(Filled {
                     conversation_id,
                     events,
+                    gap_read,
                 })
                 .await;
         }
