@@ -47,23 +47,12 @@ pub struct Server {
 
 /// Connects lazily: the server starts (and `/readyz` says not ready) while Postgres is down.
 pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
-    let url = config
-        .database_url
-        .as_ref()
-        .context("DATABASE_URL is required")?;
-    let options: PgConnectOptions = url
-        .expose()
-        .parse()
-        .context("DATABASE_URL is not a valid Postgres URL")?;
-    Ok(PgPoolOptions::new()
-        .max_connections(config.database_max_connections)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name("colloquy")))
+    side_pool(config, config.database_max_connections, "colloquy")
 }
 
-/// A small pool of its own (the bus, the delivery stage): `connections` at most, named
-/// `application_name` in `pg_stat_activity`.
+/// A lazily connecting pool of `connections` at most, named `application_name` in
+/// `pg_stat_activity`: the requests' pool, and the small ones of the bus and the delivery
+/// stage.
 pub fn side_pool(config: &Config, connections: u32, name: &str) -> anyhow::Result<PgPool> {
     let url = config
         .database_url

@@ -267,6 +267,32 @@ fn flush(events: &Events, track: &mut Track, now: Instant) {
     };
 }
 
+/// A stored message as the `MessageCreated` event its writer announced (with `source`
+/// lifted out of the platform context, as the writer does). Who sent it is not in the
+/// log: everyone, the sender included, gets it.
+pub fn from_log(message: &Message) -> Arc<Event> {
+    let mut data = serde_json::to_value(message).unwrap_or(Value::Null);
+    if let Some(obj) = data.as_object_mut() {
+        let source = obj
+            .get("platform_context")
+            .and_then(|c| c.get("metadata"))
+            .and_then(|m| m.get("source"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        obj.insert("source".into(), source);
+    }
+    Arc::new(Event {
+        kind: EventKind::MessageCreated,
+        conversation_id: message.conversation_id,
+        room: message.platform_context.room_id.clone(),
+        data,
+        origin: Origin {
+            socket_id: None,
+            echo: true,
+        },
+    })
+}
+
 /// Reads from the log, in its own task, the messages after each `(conversation, seq)`
 /// (up to `until` for a gap; for a sweep, those old enough not to race their wake-up).
 fn spawn_fill(
@@ -292,33 +318,11 @@ fn spawn_fill(
         let mut by_conversation: HashMap<Uuid, Vec<Arc<Event>>> =
             ids.iter().map(|id| (*id, vec![])).collect();
         for row in rows {
-            let message: Message = row.into();
-            let room = message.platform_context.room_id.clone();
-            let conversation_id = message.conversation_id;
-            let mut data = serde_json::to_value(&message).unwrap_or(Value::Null);
-            if let Some(obj) = data.as_object_mut() {
-                let source = obj
-                    .get("platform_context")
-                    .and_then(|c| c.get("metadata"))
-                    .and_then(|m| m.get("source"))
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                obj.insert("source".into(), source);
-            }
+            let event = from_log(&row.into());
             by_conversation
-                .entry(conversation_id)
+                .entry(event.conversation_id)
                 .or_default()
-                .push(Arc::new(Event {
-                    kind: EventKind::MessageCreated,
-                    conversation_id,
-                    room,
-                    data,
-                    // Who sent it is not in the log: everyone, the sender included, gets it.
-                    origin: Origin {
-                        socket_id: None,
-                        echo: true,
-                    },
-                }));
+                .push(event);
         }
         for (conversation_id, events) in by_conversation {
             let _ = filled

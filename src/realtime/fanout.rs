@@ -22,13 +22,14 @@ use uuid::Uuid;
 
 use super::{
     cursor::{Cursor, Outgoing},
+    delivery::from_log,
     payload, room, socket_room,
 };
 use crate::{
     auth::Principal,
     core::{
         access,
-        events::{Event, EventKind, Origin},
+        events::{Event, EventKind},
         history,
     },
     state::AppState,
@@ -175,20 +176,7 @@ async fn deliver_message(
             Ok(Ok(messages)) => {
                 crate::metrics::delivery_gap_filled(messages.len());
                 for message in messages.into_iter().filter(|m| m.seq < seq) {
-                    let Ok(data) = serde_json::to_value(&message) else {
-                        continue;
-                    };
-                    let filled = Arc::new(Event {
-                        kind: EventKind::MessageCreated,
-                        conversation_id: event.conversation_id,
-                        room: message.platform_context.room_id.clone(),
-                        data,
-                        origin: Origin {
-                            socket_id: None,
-                            echo: true,
-                        },
-                    });
-                    offer_to_room(io, namespaces, &filled, message.seq);
+                    offer_to_room(io, namespaces, &from_log(&message), message.seq);
                 }
             }
             _ => tracing::warn!(
@@ -249,21 +237,8 @@ async fn catch_up(state: &AppState, io: &SocketIo, namespaces: &[String], emitte
         .await;
         let Ok(Ok(messages)) = read else { continue };
         for message in messages {
-            let seq = message.seq;
-            let Ok(data) = serde_json::to_value(&message) else {
-                continue;
-            };
-            let event = Arc::new(Event {
-                kind: EventKind::MessageCreated,
-                conversation_id,
-                room: message.platform_context.room_id.clone(),
-                data,
-                origin: Origin {
-                    socket_id: None,
-                    echo: true,
-                },
-            });
-            deliver_message(state, io, namespaces, emitted, &event, seq).await;
+            let event = from_log(&message);
+            deliver_message(state, io, namespaces, emitted, &event, message.seq).await;
         }
     }
 }

@@ -301,6 +301,55 @@ async fn answer_join(socket: &SocketRef, ack: Ack, event: &str, result: AppResul
     }
 }
 
+/// What a join from a position read from the log, with the socket's live messages held.
+struct Held {
+    /// The position, clamped to the conversation's end.
+    since: i64,
+    backlog: Vec<crate::core::messages::Message>,
+    /// The backlog is everything up to the access check's `last_seq`.
+    complete: bool,
+}
+
+/// Joins `conversation_id` from position `since` (a join with `since_seq`, a resume):
+/// holds the socket's live messages so they wait behind the log read, joins the room
+/// (access checked), and reads what came after `since` (up to `max`). On failure the
+/// socket is back out of the room and nothing stays held. The caller releases the hold.
+async fn join_held(
+    state: &AppState,
+    socket: &SocketRef,
+    principal: &Principal,
+    conversation_id: Uuid,
+    since: i64,
+    max: i64,
+) -> AppResult<Held> {
+    let cursor = Cursor::of(socket);
+    cursor.hold(conversation_id);
+    let access = match join_checked(state, socket, principal, conversation_id).await {
+        Ok(access) => access,
+        Err(e) => {
+            cursor.forget(conversation_id);
+            return Err(e);
+        }
+    };
+    // A position past the end (a stale client, a restored database) stands at the end.
+    let since = since.min(access.last_seq);
+    match read_backlog(state, conversation_id, since, access.last_seq, max).await {
+        Ok((backlog, complete)) => {
+            crate::metrics::resumed_messages(backlog.len());
+            Ok(Held {
+                since,
+                backlog,
+                complete,
+            })
+        }
+        Err(e) => {
+            socket.leave(room(conversation_id));
+            cursor.forget(conversation_id);
+            Err(e)
+        }
+    }
+}
+
 /// Reads what a client missed after `since`, up to `max` messages; `true` when that is
 /// everything.
 async fn read_backlog(
@@ -403,29 +452,13 @@ async fn resume_one(
     if !seen.insert(conversation_id) {
         return Err(AppError::validation("this conversation is named twice"));
     }
-    let cursor = Cursor::of(socket);
-    cursor.hold(conversation_id);
-    let access = match join_checked(state, socket, principal, conversation_id).await {
-        Ok(access) => access,
-        Err(e) => {
-            cursor.forget(conversation_id);
-            return Err(e);
-        }
-    };
-    // A position past the end (a stale client, a restored database) stands at the end.
-    let since = since.min(access.last_seq);
-    let read = read_backlog(state, conversation_id, since, access.last_seq, *budget).await;
-    let (backlog, complete) = match read {
-        Ok(read) => read,
-        Err(e) => {
-            socket.leave(room(conversation_id));
-            cursor.forget(conversation_id);
-            return Err(e);
-        }
-    };
-    crate::metrics::resumed_messages(backlog.len());
+    let Held {
+        since,
+        backlog,
+        complete,
+    } = join_held(state, socket, principal, conversation_id, since, *budget).await?;
     *budget -= backlog.len() as i64;
-    let last = cursor
+    let last = Cursor::of(socket)
         .release(socket, conversation_id, since, &backlog, true)
         .await
         .ok_or_else(|| AppError::Unavailable(anyhow::anyhow!("the socket closed")))?;
@@ -581,29 +614,12 @@ async fn join(
         let data = json!({ "conversation": conversation, "conversation_id": conversation_id });
         return Ok((data, None));
     };
-    // Live messages wait while the log is read, so the two never overlap or cross.
-    let cursor = Cursor::of(socket);
-    cursor.hold(conversation_id);
-    let access = match join_checked(state, socket, &principal, conversation_id).await {
-        Ok(access) => access,
-        Err(e) => {
-            cursor.forget(conversation_id);
-            return Err(e);
-        }
-    };
-    // A position past the end (a stale client, a restored database) stands at the end.
-    let since = since.min(access.last_seq);
     let max = if wants_ack { MAX_GAP_FILL } else { MAX_RESUME };
-    let read = read_backlog(state, conversation_id, since, access.last_seq, max).await;
-    let (missed, complete) = match read {
-        Ok(read) => read,
-        Err(e) => {
-            socket.leave(room(conversation_id));
-            cursor.forget(conversation_id);
-            return Err(e);
-        }
-    };
-    crate::metrics::resumed_messages(missed.len());
+    let Held {
+        since,
+        backlog: missed,
+        complete,
+    } = join_held(state, socket, &principal, conversation_id, since, max).await?;
     let mut data = json!({ "conversation": conversation, "conversation_id": conversation_id });
     data["has_more"] = json!(!complete && wants_ack);
     if wants_ack {

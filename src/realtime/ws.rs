@@ -221,13 +221,7 @@ async fn send_from_log(
         crate::metrics::delivery_gap_filled(messages.len());
         for message in messages {
             *last = message.seq;
-            let event = Event {
-                kind: EventKind::MessageCreated,
-                conversation_id: access.conversation_id,
-                room: access.room.clone(),
-                data: serde_json::to_value(&message).unwrap_or(Value::Null),
-                origin: Origin::default(),
-            };
+            let event = super::delivery::from_log(&message);
             for f in frames_for(&event, &access.room, "") {
                 if tx.send(frame(&f)).await.is_err() {
                     return false;
