@@ -30,6 +30,15 @@ impl FromStr for Secret {
     }
 }
 
+/// How processes sharing one database wake each other (contract §6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventBus {
+    /// LISTEN/NOTIFY on `DATABASE_URL`: nothing else to run.
+    Postgres,
+    /// A Redis ≥ 7 or Valkey URL (may carry a password: never logged).
+    Redis(Secret),
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     #[default]
@@ -121,6 +130,11 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
     pub request_timeout_seconds: u64,
 
+    /// How processes sharing the database wake each other: `postgres` (LISTEN/NOTIFY on
+    /// `DATABASE_URL`) or a `redis://` / `rediss://` URL (one channel per conversation).
+    #[arg(long, env = "EVENT_BUS", default_value = "postgres")]
+    pub event_bus: Secret,
+
     /// `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -152,9 +166,24 @@ impl Config {
             openai_model: "gpt-4o-mini".into(),
             openai_timeout_seconds: 20,
             request_timeout_seconds: 30,
+            event_bus: Secret::new("postgres"),
             log_format: LogFormat::Pretty,
             shutdown_grace_seconds: 20,
         }
+    }
+
+    /// The event bus `EVENT_BUS` names; an error says what is accepted.
+    pub fn bus(&self) -> anyhow::Result<EventBus> {
+        let value = self.event_bus.expose().trim();
+        if value.is_empty() || value.eq_ignore_ascii_case("postgres") {
+            return Ok(EventBus::Postgres);
+        }
+        if value.starts_with("redis://") || value.starts_with("rediss://") {
+            return Ok(EventBus::Redis(Secret::new(value)));
+        }
+        anyhow::bail!(
+            "EVENT_BUS must be `postgres` or a redis:// or rediss:// URL (the value given is neither)"
+        )
     }
 
     /// The extra namespaces, normalised to start with `/`.
@@ -195,5 +224,29 @@ impl Config {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bus(value: &str) -> anyhow::Result<EventBus> {
+        let mut config = Config::with_database("postgres://x", "s");
+        config.event_bus = Secret::new(value);
+        config.bus()
+    }
+
+    #[test]
+    fn event_bus_is_postgres_or_a_redis_url_and_nothing_else() {
+        assert_eq!(bus("postgres").ok(), Some(EventBus::Postgres));
+        assert_eq!(bus("").ok(), Some(EventBus::Postgres));
+        let url = "rediss://:pw@cache.internal:6380/2";
+        assert_eq!(bus(url).ok(), Some(EventBus::Redis(Secret::new(url))));
+        for wrong in ["kafka://x", "redis", "http://redis:6379"] {
+            let e = bus(wrong).expect_err(wrong).to_string();
+            assert!(e.contains("EVENT_BUS"), "{e}");
+            assert!(!e.contains(wrong), "the value (a URL, maybe with a password) is not echoed");
+        }
     }
 }

@@ -104,3 +104,33 @@ pub fn slow_consumer_disconnected() {
 pub fn resumed_messages(n: usize) {
     counter!("colloquy_resumed_messages_total").increment(n as u64);
 }
+
+/// Wake-ups this process put on the event bus (Redis: one per channel published to).
+pub fn bus_published(engine: &'static str, n: usize) {
+    counter!("colloquy_bus_published_total", "bus" => engine).increment(n as u64);
+}
+
+/// Wake-ups the bus would not take (it was down); other processes read those messages
+/// from the log.
+pub fn bus_publish_failed(engine: &'static str, n: usize) {
+    counter!("colloquy_bus_publish_failures_total", "bus" => engine).increment(n as u64);
+}
+
+/// Wake-ups this process read from the bus (its own included: each costs a decode).
+pub fn bus_received(engine: &'static str) {
+    counter!("colloquy_bus_received_total", "bus" => engine).increment(1);
+}
+
+/// The bus connection was lost (or could not be made) and is being made again.
+pub fn bus_reconnect(engine: &'static str) {
+    counter!("colloquy_bus_reconnects_total", "bus" => engine).increment(1);
+}
+
+pub fn bus_connected(engine: &'static str, up: bool) {
+    gauge!("colloquy_bus_connected", "bus" => engine).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Channels the Redis bus is subscribed to, by kind (`conversation`, `principal`).
+pub fn bus_subscriptions(kind: &'static str, n: usize) {
+    gauge!("colloquy_bus_subscriptions", "kind" => kind).set(n as f64);
+}

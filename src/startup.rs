@@ -136,7 +136,11 @@ fn cors(config: &Config) -> CorsLayer {
 impl Server {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::metrics::install();
+        // TLS for `rediss://` uses the process's default provider (the database and
+        // HTTP clients name theirs); ring, as they do. Already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let verifier = Verifier::from_config(&config)?;
+        let bus = Arc::new(realtime::bus::Status::new(&config.bus()?));
         let db = pool(&config)?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -172,6 +176,7 @@ impl Server {
             delivery_db,
             ready: Arc::new(AtomicBool::new(false)),
             owner_claims: Default::default(),
+            bus,
         };
         let mut background = writers;
         background.push(tokio::spawn(migrate_with_retry(
@@ -206,7 +211,11 @@ impl Server {
             io.clone(),
             realtime::socketio::namespaces(&state),
         ));
-        background.extend(realtime::bus::spawn(&state));
+        background.extend(realtime::bus::spawn(
+            &state,
+            io.clone(),
+            realtime::socketio::namespaces(&state),
+        )?);
         background.extend(realtime::delivery::spawn(&state));
 
         let (api, spec) = http::api(state.clone());

@@ -39,6 +39,8 @@ pub struct AppState {
     pub writer: crate::core::writer::Writer,
     /// Agent `owner` claims this process has already recorded.
     pub owner_claims: OwnerClaims,
+    /// The cross-process event bus's engine and connection (`/readyz`).
+    pub bus: Arc<crate::realtime::bus::Status>,
 }
 
 /// The (agent, owner) pairs from signed `owner` claims already written to the database,

@@ -64,6 +64,80 @@ pub struct Events {
     /// the delivery stage checks them against the log even while they are quiet.
     watch: mpsc::Sender<Watch>,
     watch_rx: Arc<std::sync::Mutex<Option<mpsc::Receiver<Watch>>>>,
+    interest: Interest,
+}
+
+/// What a bus that carries only what this process's clients follow (Redis, one channel
+/// per conversation and per principal) should subscribe to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Conversation(Uuid),
+    /// A principal's inbox (contract §4): its sockets hear of all its conversations.
+    Principal(String),
+}
+
+/// This process's clients' interest, for the bus.
+///
+/// Socket.IO rooms are the record for sockets (the bus reads them); `/ws` sessions hold
+/// a [`Following`] guard. Joins and connects also send a hint, so the bus subscribes at
+/// once instead of at its next look.
+#[derive(Clone, Default)]
+pub struct Interest {
+    ws: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, usize>>>,
+    hints: Arc<OnceLock<mpsc::Sender<Topic>>>,
+}
+
+impl Interest {
+    /// Best effort: a full queue only waits for the bus's next look at the rooms.
+    pub fn hint(&self, topic: Topic) {
+        if let Some(hints) = self.hints.get() {
+            let _ = hints.try_send(topic);
+        }
+    }
+
+    /// The bus that wants hints (set once).
+    pub fn set_hints(&self, hints: mpsc::Sender<Topic>) {
+        let _ = self.hints.set(hints);
+    }
+
+    /// A `/ws` session follows `conversation_id` until the guard drops.
+    pub fn follow(&self, conversation_id: Uuid) -> Following {
+        if let Ok(mut ws) = self.ws.lock() {
+            *ws.entry(conversation_id).or_default() += 1;
+        }
+        self.hint(Topic::Conversation(conversation_id));
+        Following {
+            ws: self.ws.clone(),
+            conversation_id,
+        }
+    }
+
+    /// Conversations `/ws` sessions on this process follow.
+    pub fn ws_conversations(&self) -> Vec<Uuid> {
+        self.ws
+            .lock()
+            .map(|ws| ws.keys().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Held by a `/ws` session for as long as it follows its conversation.
+pub struct Following {
+    ws: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, usize>>>,
+    conversation_id: Uuid,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        if let Ok(mut ws) = self.ws.lock()
+            && let Some(n) = ws.get_mut(&self.conversation_id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                ws.remove(&self.conversation_id);
+            }
+        }
+    }
 }
 
 /// "A client of this process follows this conversation, and has seen it up to `seq`"
@@ -96,6 +170,7 @@ impl Events {
             relay: Arc::new(OnceLock::new()),
             watch,
             watch_rx: Arc::new(std::sync::Mutex::new(Some(watch_rx))),
+            interest: Interest::default(),
         }
     }
 
@@ -128,6 +203,9 @@ impl Events {
     /// and a periodic refresh for every followed conversation). Best effort: a full queue
     /// only delays the next check.
     pub fn watch(&self, conversation_id: Uuid, seq: Option<i64>) {
+        if seq.is_some() {
+            self.interest.hint(Topic::Conversation(conversation_id));
+        }
         let _ = self.watch.try_send(Watch {
             conversation_id,
             seq,
@@ -147,6 +225,11 @@ impl Events {
                 .relay
                 .get()
                 .is_none_or(|r| r.capacity() == r.max_capacity())
+    }
+
+    /// What this process's clients follow (for the bus).
+    pub fn interest(&self) -> &Interest {
+        &self.interest
     }
 
     pub fn set_relay(&self, relay: mpsc::Sender<Arc<Event>>) {

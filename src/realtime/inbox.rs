@@ -38,7 +38,14 @@ use crate::{
 
 /// The room every socket of `principal_id` is in.
 pub fn room(principal_id: &str) -> String {
-    format!("inbox:{principal_id}")
+    format!("{ROOM_PREFIX}{principal_id}")
+}
+
+const ROOM_PREFIX: &str = "inbox:";
+
+/// The principal whose inbox `room` is, if it is one.
+pub fn principal_of(room: &str) -> Option<&str> {
+    room.strip_prefix(ROOM_PREFIX)
 }
 
 /// Conversations whose read state is kept; past this the cache starts over.

@@ -115,6 +115,10 @@ async fn authenticate(
             crate::core::insights::record_owner_claim(&state, &principal).await?;
             // Every socket of a principal hears its inbox (contract §4).
             socket.join(super::inbox::room(&principal.id));
+            state
+                .events
+                .interest()
+                .hint(crate::core::events::Topic::Principal(principal.id.clone()));
             socket.extensions.insert(principal);
             register(&socket);
             Ok(())

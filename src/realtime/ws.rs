@@ -256,6 +256,9 @@ async fn session(
         crate::metrics::connection_closed("ws");
         return;
     }
+    // The bus carries this conversation's wake-ups here from now on (before the log read,
+    // so none committed during it is missed).
+    let _following = state.events.interest().follow(access.conversation_id);
     // Where this session stands in the conversation's stream: what came after is sent
     // exactly once, in order; a reconnecting client named its last `seq`.
     // A position past the end (a stale client, a restored database) stands at the end.

@@ -12,7 +12,7 @@ use crate::{
     sio::{Sio, Ws},
 };
 
-async fn stored_seqs(db: &sqlx::PgPool, cid: &str) -> Vec<i64> {
+pub async fn stored_seqs(db: &sqlx::PgPool, cid: &str) -> Vec<i64> {
     sqlx::query_scalar("SELECT seq FROM messages WHERE conversation_id = $1::uuid ORDER BY seq")
         .bind(cid)
         .fetch_all(db)
@@ -20,30 +20,7 @@ async fn stored_seqs(db: &sqlx::PgPool, cid: &str) -> Vec<i64> {
         .expect("stored")
 }
 
-/// Socket.IO broadcasts until `until` (or `ms` of silence).
-async fn sio_until(s: &mut Sio, until: i64, ms: u64) -> Vec<i64> {
-    let mut seqs = vec![];
-    while seqs.last().is_none_or(|l| *l < until) {
-        match s.next_event("messageBroadcast", ms).await {
-            Some(m) => seqs.push(m["seq"].as_i64().expect("seq")),
-            None => break,
-        }
-    }
-    seqs
-}
-
-async fn ws_until(w: &mut Ws, until: i64, ms: u64) -> Vec<i64> {
-    let mut seqs = vec![];
-    while seqs.last().is_none_or(|l| *l < until) {
-        match w.next("message", ms).await {
-            Some(m) => seqs.push(m["seq"].as_i64().expect("seq")),
-            None => break,
-        }
-    }
-    seqs
-}
-
-fn assert_stream(who: &str, got: &[i64], stored: &[i64]) {
+pub fn assert_stream(who: &str, got: &[i64], stored: &[i64]) {
     assert_eq!(
         got, stored,
         "{who}: must receive every stored message once, in seq order"
@@ -105,12 +82,12 @@ async fn listeners_on_a_surviving_process_get_everything_the_killed_one_committe
     let last = *stored.last().expect("stored");
     assert_stream(
         "bob on B (Socket.IO)",
-        &sio_until(&mut bob_sio, last, 4000).await,
+        &bob_sio.seqs_until(last, 4000).await,
         &stored,
     );
     assert_stream(
         "bob on B (/ws)",
-        &ws_until(&mut bob_ws, last, 4000).await,
+        &bob_ws.seqs_until(last, 4000).await,
         &stored,
     );
     let errors = b.error_lines().await;
@@ -213,16 +190,8 @@ async fn sigterm_under_load_answers_every_send_it_took_and_delivers_what_it_comm
     assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "no seq gap");
     // A listener on P got everything P committed before it closed the socket; one on Q
     // got everything.
-    assert_stream(
-        "carol on P",
-        &sio_until(&mut carol_p, last, 3000).await,
-        &seqs,
-    );
-    assert_stream(
-        "carol on Q",
-        &sio_until(&mut carol_q, last, 4000).await,
-        &seqs,
-    );
+    assert_stream("carol on P", &carol_p.seqs_until(last, 3000).await, &seqs);
+    assert_stream("carol on Q", &carol_q.seqs_until(last, 4000).await, &seqs);
     let errors = q.error_lines().await;
     assert!(errors.is_empty(), "{errors:#?}");
 }
@@ -299,7 +268,7 @@ async fn a_starved_pool_answers_sends_unavailable_in_bounded_time_and_readyz_say
     }
     // The trouble ends: what was held commits, is delivered once, and a retry finds it.
     tx.rollback().await.expect("release");
-    let got = sio_until(&mut bob, 1, 5000).await;
+    let got = bob.seqs_until(1, 5000).await;
     assert_eq!(got, vec![1], "the held send, delivered once");
     let (status, _) = app
         .post(

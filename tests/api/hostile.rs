@@ -127,7 +127,12 @@ impl Process {
 
     /// Stops the process and returns the ERROR lines it logged (and any panic), after
     /// checking that it logged at all, so an empty answer means something.
-    pub async fn error_lines(mut self) -> Vec<String> {
+    pub async fn error_lines(self) -> Vec<String> {
+        errors_in(&self.log().await)
+    }
+
+    /// Stops the process and returns everything it logged.
+    pub async fn log(mut self) -> String {
         let _ = self.child.start_kill();
         let mut log = String::new();
         for reader in self.logs.drain(..) {
@@ -139,10 +144,7 @@ impl Process {
             log.contains("colloquy listening"),
             "the process's log was not captured:\n{log}"
         );
-        log.lines()
-            .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("panicked"))
-            .map(str::to_owned)
-            .collect()
+        log
     }
 
     /// Sends a raw body (bytes exactly as given) with a JSON content type.
@@ -169,6 +171,14 @@ impl Process {
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
     }
+}
+
+/// The ERROR lines (and panics) of a process's log.
+pub fn errors_in(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("panicked"))
+        .map(str::to_owned)
+        .collect()
 }
 
 const NUL: &str = "a\u{0}b";

@@ -18,6 +18,7 @@ mod messages;
 mod operations;
 mod participants;
 mod realtime;
+mod redis_bus;
 mod resilience;
 mod resume;
 mod security;

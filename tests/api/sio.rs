@@ -168,6 +168,19 @@ impl Sio {
         }
     }
 
+    /// The `seq`s of `messageBroadcast`s until one at `until` or later arrives (or `ms`
+    /// pass without one).
+    pub async fn seqs_until(&mut self, until: i64, ms: u64) -> Vec<i64> {
+        let mut seqs = vec![];
+        while seqs.last().is_none_or(|l| *l < until) {
+            match self.next_event("messageBroadcast", ms).await {
+                Some(m) => seqs.push(m["seq"].as_i64().expect("seq")),
+                None => break,
+            }
+        }
+        seqs
+    }
+
     /// How many `name` events have arrived and are not taken yet.
     pub fn queued(&self, name: &str) -> usize {
         self.events.iter().filter(|(n, _)| n == name).count()
@@ -275,6 +288,19 @@ impl Ws {
 
     pub async fn send_raw(&mut self, m: Message) {
         self.ws.send(m).await.expect("send");
+    }
+
+    /// The `seq`s of `message` frames until one at `until` or later arrives (or `ms` pass
+    /// without one).
+    pub async fn seqs_until(&mut self, until: i64, ms: u64) -> Vec<i64> {
+        let mut seqs = vec![];
+        while seqs.last().is_none_or(|l| *l < until) {
+            match self.next("message", ms).await {
+                Some(m) => seqs.push(m["seq"].as_i64().expect("seq")),
+                None => break,
+            }
+        }
+        seqs
     }
 
     /// The next frame of `kind` within `ms`.

@@ -1,0 +1,195 @@
+//! The cross-process event bus: how processes sharing one database wake each other
+//! (contract §6).
+//!
+//! Every process relays the events its own writers commit and hands the ones it receives
+//! from other processes to its delivery stage (`realtime::delivery`). What travels is a
+//! wake-up: the delivery stage orders messages by `seq`, drops repeats and reads whatever
+//! a lost wake-up left out from the log, so a bus that drops, repeats or stops costs
+//! latency, never a message. Two engines, chosen by `EVENT_BUS`:
+//! - [`postgres`] (default): LISTEN/NOTIFY on one channel of the same database; every
+//!   process hears every event of the cluster. Nothing else to run.
+//! - [`redis`]: one channel per conversation and one per principal (its inbox); each
+//!   process subscribes only to what its own clients follow, so its traffic grows with
+//!   its own clients, not with the whole cluster's.
+
+pub mod postgres;
+pub mod redis;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use socketioxide::SocketIo;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    config::EventBus,
+    core::{
+        conversations,
+        events::{Event, EventKind},
+        messages,
+    },
+    state::AppState,
+};
+
+/// What one process tells the others: the event (or, past the engine's size limit, a
+/// reference to re-read it by) and who sent it, so a process skips its own.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    node: Uuid,
+    event: Event,
+    /// The event's `data` was left out for size; re-read it by id.
+    #[serde(default)]
+    by_reference: bool,
+}
+
+/// The envelope as JSON, at most `max_bytes` long (larger events go by reference).
+fn encode(node: Uuid, event: &Event, max_bytes: usize) -> Option<String> {
+    let full = serde_json::to_string(&Envelope {
+        node,
+        event: event.clone(),
+        by_reference: false,
+    })
+    .ok()?;
+    if full.len() <= max_bytes {
+        return Some(full);
+    }
+    let mut slim = event.clone();
+    slim.data = serde_json::json!({ "id": event.data.get("id") });
+    serde_json::to_string(&Envelope {
+        node,
+        event: slim,
+        by_reference: true,
+    })
+    .ok()
+}
+
+/// A received envelope as the event to deliver: `None` for this process's own, an
+/// unreadable one, or a reference that no longer resolves.
+async fn decode(state: &AppState, node: Uuid, payload: &[u8]) -> Option<Event> {
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(payload) else {
+        tracing::warn!("ignoring an unreadable event from the bus");
+        return None;
+    };
+    if envelope.node == node {
+        return None;
+    }
+    if envelope.by_reference {
+        rehydrate(state, envelope.event).await
+    } else {
+        Some(envelope.event)
+    }
+}
+
+async fn rehydrate(state: &AppState, mut event: Event) -> Option<Event> {
+    let id = event
+        .data
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())?;
+    event.data = match event.kind {
+        EventKind::MessageCreated
+        | EventKind::MessageUpdated
+        | EventKind::MessageDeleted
+        | EventKind::ReactionUpdated => {
+            serde_json::to_value(messages::fetch(&state.delivery_db, id).await.ok()?).ok()?
+        }
+        EventKind::ConversationUpdated => {
+            let mut conn = state.delivery_db.acquire().await.ok()?;
+            serde_json::to_value(conversations::fetch(&mut conn, "", id).await.ok()?).ok()?
+        }
+        _ => return None,
+    };
+    Some(event)
+}
+
+/// Which engine runs and whether it is connected, for `/readyz`.
+#[derive(Debug)]
+pub struct Status {
+    pub engine: &'static str,
+    connected: AtomicBool,
+}
+
+impl Status {
+    pub fn new(bus: &EventBus) -> Self {
+        Self {
+            engine: match bus {
+                EventBus::Postgres => "postgres",
+                EventBus::Redis(_) => "redis",
+            },
+            connected: AtomicBool::new(false),
+        }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Release);
+        crate::metrics::bus_connected(self.engine, up);
+    }
+}
+
+/// Starts the engine `EVENT_BUS` names: its relay (outbound) and listener (inbound).
+pub fn spawn(
+    state: &AppState,
+    io: SocketIo,
+    namespaces: Vec<String>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let node = Uuid::new_v4();
+    Ok(match state.config.bus()? {
+        EventBus::Postgres => postgres::spawn(state, node),
+        EventBus::Redis(url) => redis::spawn(state, node, url.expose(), io, namespaces)?,
+    })
+}
+
+/// What both engines' relays read: whatever has accumulated, as one batch. On shutdown
+/// (`closing`, after every answered send was delivered) what is left comes as a last
+/// batch, then `None`.
+struct Batches {
+    rx: mpsc::Receiver<Arc<Event>>,
+    closing: CancellationToken,
+    batch: Vec<Arc<Event>>,
+    done: bool,
+}
+
+impl Batches {
+    fn new(rx: mpsc::Receiver<Arc<Event>>, closing: CancellationToken) -> Self {
+        Self {
+            rx,
+            closing,
+            batch: Vec::with_capacity(256),
+            done: false,
+        }
+    }
+
+    async fn next(&mut self) -> Option<&[Arc<Event>]> {
+        self.batch.clear();
+        if self.done {
+            return None;
+        }
+        let n = tokio::select! {
+            n = self.rx.recv_many(&mut self.batch, 256) => n,
+            _ = self.closing.cancelled() => 0,
+        };
+        if n > 0 {
+            return Some(&self.batch);
+        }
+        self.done = true;
+        while let Ok(e) = self.rx.try_recv() {
+            self.batch.push(e);
+        }
+        (!self.batch.is_empty()).then_some(&self.batch)
+    }
+}
+
+/// Shared by the engines: a received event goes to this process's delivery stage.
+fn deliver(state: &AppState, event: Event) {
+    state.events.deliver_local(Arc::new(event));
+}
