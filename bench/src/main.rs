@@ -1,6 +1,7 @@
 //! `colloquy-bench`: load scenarios against any server that implements the Colloquy
 //! contract, printed as one markdown table. See `docs/benchmarks.md`.
 
+mod cluster;
 mod data;
 mod delivery;
 mod realtime;
@@ -34,7 +35,8 @@ pub struct Args {
     /// Server process id, to read its resident memory from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Comma list of: steady, fanout, idle, history, limit.
+    /// Comma list of: steady, fanout, idle, history, limit, cluster (not in the default:
+    /// it starts its own processes, see `--colloquy-bin`).
     #[arg(long, default_value = "steady,fanout,idle,history,limit")]
     pub scenarios: String,
     /// Measured time of each timed scenario.
@@ -60,6 +62,24 @@ pub struct Args {
     /// Concurrent connections of the one-per-transaction `limit`.
     #[arg(long, default_value_t = 100)]
     pub limit_concurrency: usize,
+    /// `cluster`: the `colloquy` binary to start processes from (on `--database-url`).
+    #[arg(long, env = "COLLOQUY_BIN")]
+    pub colloquy_bin: Option<String>,
+    /// `cluster`: process counts to run `steady` on, each on every bus.
+    #[arg(long, default_value = "1,2,4")]
+    pub cluster_sizes: String,
+    /// `cluster`: comma list of `EVENT_BUS` values (`postgres`, `redis://…`).
+    #[arg(long, default_value = "postgres")]
+    pub cluster_buses: String,
+    /// `cluster`: where each conversation's clients connect. `spread`: its two senders and
+    /// its listener on three different processes (each process follows most
+    /// conversations); `pair`: both senders on one process, the listener on the next
+    /// (each conversation is followed by two processes).
+    #[arg(long, default_value = "spread")]
+    pub cluster_placement: String,
+    /// `cluster`: first listen port of the processes it starts.
+    #[arg(long, default_value_t = 18100)]
+    pub cluster_port: u16,
 }
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
@@ -83,6 +103,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The same run against another process of the cluster.
+    pub fn at(&self, url: &str) -> Ctx {
+        let mut ctx = self.clone();
+        ctx.args.url = url.to_owned();
+        ctx
+    }
+
     pub fn token(&self, sub: &str) -> String {
         let exp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -220,14 +247,17 @@ async fn main() -> anyhow::Result<ExitCode> {
         run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
         args: args.clone(),
     };
-    let ready = ctx
-        .http
-        .get(format!("{}/readyz", args.url.trim_end_matches('/')))
-        .send()
-        .await
-        .with_context(|| format!("server at {} is not reachable", args.url))?;
-    if !ready.status().is_success() {
-        bail!("server at {} is not ready: {}", args.url, ready.status());
+    // `cluster` starts its own processes; every other scenario needs the server at --url.
+    if args.scenarios.split(',').any(|s| s.trim() != "cluster") {
+        let ready = ctx
+            .http
+            .get(format!("{}/readyz", args.url.trim_end_matches('/')))
+            .send()
+            .await
+            .with_context(|| format!("server at {} is not reachable", args.url))?;
+        if !ready.status().is_success() {
+            bail!("server at {} is not ready: {}", args.url, ready.status());
+        }
     }
     eprintln!(
         "colloquy-bench run {} against {}: {}",
@@ -245,6 +275,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             "idle" => realtime::idle(&ctx).await.map(|r| vec![r]),
             "history" => data::history(&ctx).await,
             "limit" => data::limit(&ctx).await,
+            "cluster" => cluster::run(&ctx).await,
             other => bail!("unknown scenario {other}"),
         };
         match result {

@@ -112,6 +112,14 @@ async fn send_loop(
 
 /// 50 conversations × 2 senders × 1 listener, closed loop.
 pub async fn steady(ctx: &Ctx) -> anyhow::Result<Row> {
+    steady_on(ctx, std::slice::from_ref(ctx)).await
+}
+
+/// `steady` over several processes: conversation `i`'s first sender is on process
+/// `i mod N`, its second on the next, its listener on the one after (`pair`: both senders
+/// on `i mod N`, the listener on the next), so with two or more processes every message
+/// crosses the bus.
+pub async fn steady_on(ctx: &Ctx, nodes: &[Ctx]) -> anyhow::Result<Row> {
     let n = ctx.args.steady_conversations;
     let run = &ctx.run;
     let mut senders = Vec::new();
@@ -125,13 +133,19 @@ pub async fn steady(ctx: &Ctx) -> anyhow::Result<Row> {
             format!("{run}-s{i}b"),
             format!("{run}-s{i}l"),
         );
+        let offsets = if ctx.args.cluster_placement == "pair" {
+            [0, 0, 1]
+        } else {
+            [0, 1, 2]
+        };
+        let node = |k: usize| &nodes[(i + offsets[k]) % nodes.len()];
         let c = ctx.conversation(&a, &[b.clone(), l.clone()]).await?;
         readers.push((c.clone(), a.clone()));
-        let (lc, lw) = connect_watched(ctx, &l, &c, true).await?;
+        let (lc, lw) = connect_watched(node(2), &l, &c, true).await?;
         listeners.push(lc);
         sockets.push(lw);
-        for who in [a, b] {
-            let (sc, sw) = connect_watched(ctx, &who, &c, false).await?;
+        for (k, who) in [a, b].into_iter().enumerate() {
+            let (sc, sw) = connect_watched(node(k), &who, &c, false).await?;
             sockets.push(sw);
             senders.push((Arc::new(sc), c.clone(), who));
         }

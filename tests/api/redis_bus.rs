@@ -196,6 +196,9 @@ async fn three_processes_on_redis_deliver_every_message_to_every_member_once_in_
         .await
         .expect("erin");
 
+    // Past two of the bus's periodic looks at its subscriptions (each with a ping): they
+    // must keep the connection, not cost it.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     // Alice sends through all three at once.
     let mut senders = vec![];
     for (p, app) in apps.iter().enumerate() {
@@ -257,7 +260,17 @@ async fn three_processes_on_redis_deliver_every_message_to_every_member_once_in_
         }
         assert!(started.elapsed() < Duration::from_secs(5), "{update}");
     }
-    for p in processes {
+    for (app, p) in apps.iter().zip(processes) {
+        // Every wake-up came by the bus: no reconnect, no message read from the log.
+        assert_eq!(
+            metric(app, "colloquy_bus_reconnects_total{bus=\"redis\"}").await,
+            0.0
+        );
+        assert_eq!(
+            metric(app, "colloquy_bus_publish_failures_total{bus=\"redis\"}").await,
+            0.0
+        );
+        assert_eq!(metric(app, "colloquy_delivery_gap_filled_total").await, 0.0);
         let errors = p.error_lines().await;
         assert!(errors.is_empty(), "{errors:#?}");
     }

@@ -69,16 +69,39 @@ fn encode(node: Uuid, event: &Event, max_bytes: usize) -> Option<String> {
     .ok()
 }
 
-/// A received envelope as the event to deliver: `None` for this process's own, an
-/// unreadable one, or a reference that no longer resolves.
-async fn decode(state: &AppState, node: Uuid, payload: &[u8]) -> Option<Event> {
+/// The two fields a receiver looks at first (the rest is skipped without being built).
+#[derive(Deserialize)]
+struct Peek {
+    node: Uuid,
+    event: PeekEvent,
+}
+
+#[derive(Deserialize)]
+struct PeekEvent {
+    conversation_id: Uuid,
+}
+
+/// A received envelope as the event to deliver: `None` for this process's own, one
+/// `wanted` refuses (by conversation), an unreadable one, or a reference that no longer
+/// resolves. Those dropped are only scanned, never built: a process reads its own
+/// wake-ups back from either bus.
+async fn decode(
+    state: &AppState,
+    node: Uuid,
+    payload: &[u8],
+    wanted: impl FnOnce(Uuid) -> bool,
+) -> Option<Event> {
+    let Ok(peek) = serde_json::from_slice::<Peek>(payload) else {
+        tracing::warn!("ignoring an unreadable event from the bus");
+        return None;
+    };
+    if peek.node == node || !wanted(peek.event.conversation_id) {
+        return None;
+    }
     let Ok(envelope) = serde_json::from_slice::<Envelope>(payload) else {
         tracing::warn!("ignoring an unreadable event from the bus");
         return None;
     };
-    if envelope.node == node {
-        return None;
-    }
     if envelope.by_reference {
         rehydrate(state, envelope.event).await
     } else {

@@ -106,7 +106,9 @@ async fn run_listener(state: &AppState, node: Uuid) -> anyhow::Result<()> {
             anyhow::bail!("listen connection closed")
         };
         crate::metrics::bus_received("postgres");
-        if let Some(event) = super::decode(state, node, notification.payload().as_bytes()).await {
+        if let Some(event) =
+            super::decode(state, node, notification.payload().as_bytes(), |_| true).await
+        {
             super::deliver(state, event);
         }
     }

@@ -106,7 +106,10 @@ async fn relay(state: AppState, client: redis::Client, node: Uuid, rx: mpsc::Rec
         client,
         connection: None,
         participants: Participants::default(),
-        db: state.delivery_db.clone(),
+        // A connection of its own (as the Postgres bus's relay has): reading participants
+        // never waits behind the delivery stage's log reads or requests.
+        db: crate::startup::side_pool(&state.config, 1, "colloquy-relay")
+            .unwrap_or_else(|_| state.delivery_db.clone()),
         node,
     };
     let mut batches = super::Batches::new(rx, state.closing.clone());
@@ -125,17 +128,21 @@ struct Publisher {
 
 impl Publisher {
     async fn publish(&mut self, batch: &[Arc<Event>]) {
-        let stale: Vec<Uuid> = batch
+        let wanted: HashSet<Uuid> = batch
             .iter()
-            .filter(|e| to_every_participant(e.kind) && e.kind != EventKind::ConversationDeleted)
+            .filter(|e| to_every_participant(e.kind))
             .map(|e| e.conversation_id)
-            .filter(|id| !self.participants.fresh(*id))
-            .collect::<HashSet<_>>()
-            .into_iter()
             .collect();
-        if !stale.is_empty() {
-            self.participants.load(&self.db, &stale).await;
+        // Never read: read now (once per conversation). Read long ago: used as it is and
+        // read again beside, so publishing does not wait for the database.
+        let (missing, stale) = self.participants.needs(&wanted);
+        if !missing.is_empty() {
+            self.participants.load(&self.db, &missing).await;
         }
+        if !stale.is_empty() {
+            self.participants.refresh_beside(&self.db, stale);
+        }
+        let participants = self.participants.of(&wanted);
         let mut pipe = redis::pipe();
         let mut n = 0;
         for event in batch {
@@ -148,7 +155,7 @@ impl Publisher {
             )
             .ignore();
             n += 1;
-            for principal in inbox_recipients(event, &self.participants) {
+            for principal in inbox_recipients(event, &participants) {
                 pipe.publish(format!("{PRINCIPAL_PREFIX}{principal}"), &payload)
                     .ignore();
                 n += 1;
@@ -208,11 +215,17 @@ fn to_every_participant(kind: EventKind) -> bool {
 }
 
 /// The principals whose inbox channel an event also goes to.
-fn inbox_recipients<'a>(event: &'a Event, participants: &'a Participants) -> Vec<&'a str> {
+fn inbox_recipients<'a>(
+    event: &'a Event,
+    participants: &'a HashMap<Uuid, Arc<[String]>>,
+) -> Vec<&'a str> {
     let d = &event.data;
     let one = match event.kind {
         kind if to_every_participant(kind) => {
-            return participants.of(event.conversation_id);
+            return participants
+                .get(&event.conversation_id)
+                .map(|p| p.iter().map(String::as_str).collect())
+                .unwrap_or_default();
         }
         EventKind::MessagesRead => d["user_id"].as_str(),
         EventKind::ParticipantJoined => d["participant"]["participant_id"].as_str(),
@@ -222,36 +235,68 @@ fn inbox_recipients<'a>(event: &'a Event, participants: &'a Participants) -> Vec
     one.into_iter().collect()
 }
 
-/// Conversation → its participants, as read at most [`PARTICIPANTS_FOR`] ago.
-#[derive(Default)]
+/// A conversation's participants, and when they were read.
+type Read = (Arc<[String]>, Instant);
+
+/// Conversation → its participants.
+#[derive(Clone, Default)]
 struct Participants {
-    known: HashMap<Uuid, (Vec<String>, Instant)>,
+    known: Arc<Mutex<HashMap<Uuid, Read>>>,
+    /// A read beside publishing is under way (one at a time).
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Participants {
     /// Past this many conversations the cache starts over.
     const MAX: usize = 50_000;
 
-    fn fresh(&self, id: Uuid) -> bool {
-        self.known
-            .get(&id)
-            .is_some_and(|(_, at)| at.elapsed() < PARTICIPANTS_FOR)
+    /// Of `ids`: those never read, and those read more than [`PARTICIPANTS_FOR`] ago.
+    fn needs(&self, ids: &HashSet<Uuid>) -> (Vec<Uuid>, Vec<Uuid>) {
+        let (mut missing, mut stale) = (Vec::new(), Vec::new());
+        if let Ok(known) = self.known.lock() {
+            for id in ids {
+                match known.get(id) {
+                    None => missing.push(*id),
+                    Some((_, at)) if at.elapsed() >= PARTICIPANTS_FOR => stale.push(*id),
+                    Some(_) => {}
+                }
+            }
+        }
+        (missing, stale)
     }
 
-    fn of(&self, id: Uuid) -> Vec<&str> {
+    fn of(&self, ids: &HashSet<Uuid>) -> HashMap<Uuid, Arc<[String]>> {
         self.known
-            .get(&id)
-            .map(|(p, _)| p.iter().map(String::as_str).collect())
+            .lock()
+            .map(|known| {
+                ids.iter()
+                    .filter_map(|id| Some((*id, known.get(id)?.0.clone())))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    fn forget(&mut self, id: Uuid) {
-        self.known.remove(&id);
+    fn forget(&self, id: Uuid) {
+        if let Ok(mut known) = self.known.lock() {
+            known.remove(&id);
+        }
+    }
+
+    fn refresh_beside(&self, db: &PgPool, ids: Vec<Uuid>) {
+        use std::sync::atomic::Ordering;
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (this, db) = (self.clone(), db.clone());
+        tokio::spawn(async move {
+            this.load(&db, &ids).await;
+            this.refreshing.store(false, Ordering::Release);
+        });
     }
 
     /// Reads the participants of `ids`; on failure the inbox wake-ups go to those known
     /// (inbox events are best effort; the messages themselves are not at stake).
-    async fn load(&mut self, db: &PgPool, ids: &[Uuid]) {
+    async fn load(&self, db: &PgPool, ids: &[Uuid]) {
         let read = sqlx::query_as::<_, (Uuid, String)>(
             "SELECT conversation_id, participant_id FROM participants WHERE conversation_id = ANY($1)",
         )
@@ -264,21 +309,25 @@ impl Participants {
                 return;
             }
         };
-        if self.known.len() + ids.len() > Self::MAX {
-            self.known
-                .retain(|_, (_, at)| at.elapsed() < PARTICIPANTS_FOR);
-            if self.known.len() + ids.len() > Self::MAX {
-                self.known.clear();
+        let mut lists: HashMap<Uuid, Vec<String>> =
+            ids.iter().map(|id| (*id, Vec::new())).collect();
+        for (id, participant) in rows {
+            if let Some(list) = lists.get_mut(&id) {
+                list.push(participant);
+            }
+        }
+        let Ok(mut known) = self.known.lock() else {
+            return;
+        };
+        if known.len() + ids.len() > Self::MAX {
+            known.retain(|_, (_, at)| at.elapsed() < PARTICIPANTS_FOR);
+            if known.len() + ids.len() > Self::MAX {
+                known.clear();
             }
         }
         let now = Instant::now();
-        for id in ids {
-            self.known.insert(*id, (Vec::new(), now));
-        }
-        for (id, participant) in rows {
-            if let Some((list, _)) = self.known.get_mut(&id) {
-                list.push(participant);
-            }
+        for (id, list) in lists {
+            known.insert(id, (list.into(), now));
         }
     }
 }
@@ -378,7 +427,7 @@ impl Listener {
                     self.mark_followed(&new, true);
                     unsubscribe(&mut sink, &gone).await?;
                     self.mark_followed(&gone, false);
-                    tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<String>())
+                    tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>())
                         .await
                         .context("ping timed out")??;
                 }
@@ -389,19 +438,19 @@ impl Listener {
 
     async fn received(&self, channel: &str, payload: &[u8]) {
         crate::metrics::bus_received(ENGINE);
-        let Some(event) = super::decode(&self.state, self.node, payload).await else {
-            return;
+        // On a principal's channel: dropped when the conversation's own channel brings
+        // it to this process too.
+        let on_inbox = channel.starts_with(PRINCIPAL_PREFIX);
+        let wanted = |conversation_id: Uuid| {
+            !on_inbox
+                || !self
+                    .followed
+                    .lock()
+                    .is_ok_and(|f| f.contains(&conversation_id))
         };
-        // The conversation's own channel brings it to this process too.
-        if channel.starts_with(PRINCIPAL_PREFIX)
-            && self
-                .followed
-                .lock()
-                .is_ok_and(|f| f.contains(&event.conversation_id))
-        {
-            return;
+        if let Some(event) = super::decode(&self.state, self.node, payload, wanted).await {
+            super::deliver(&self.state, event);
         }
-        super::deliver(&self.state, event);
     }
 
     /// Compares what is wanted with what local clients follow now: returns the topics to
