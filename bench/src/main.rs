@@ -74,7 +74,8 @@ pub struct Args {
     /// `cluster`: where each conversation's clients connect. `spread`: its two senders and
     /// its listener on three different processes (each process follows most
     /// conversations); `pair`: both senders on one process, the listener on the next
-    /// (each conversation is followed by two processes).
+    /// (each conversation is followed by two processes); `first`: every client on the
+    /// first process (the others only hear the bus: its cost per event, alone).
     #[arg(long, default_value = "spread")]
     pub cluster_placement: String,
     /// `cluster`: first listen port of the processes it starts.

@@ -133,12 +133,12 @@ pub async fn steady_on(ctx: &Ctx, nodes: &[Ctx]) -> anyhow::Result<Row> {
             format!("{run}-s{i}b"),
             format!("{run}-s{i}l"),
         );
-        let offsets = if ctx.args.cluster_placement == "pair" {
-            [0, 0, 1]
-        } else {
-            [0, 1, 2]
+        let node = |k: usize| match ctx.args.cluster_placement.as_str() {
+            // Every client on the first process: the others only hear the bus.
+            "first" => &nodes[0],
+            "pair" => &nodes[(i + [0, 0, 1][k]) % nodes.len()],
+            _ => &nodes[(i + k) % nodes.len()],
         };
-        let node = |k: usize| &nodes[(i + offsets[k]) % nodes.len()];
         let c = ctx.conversation(&a, &[b.clone(), l.clone()]).await?;
         readers.push((c.clone(), a.clone()));
         let (lc, lw) = connect_watched(node(2), &l, &c, true).await?;
