@@ -458,3 +458,63 @@ async fn redis_killed_and_restarted_under_load_loses_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_starts_and_serves_without_redis_and_joins_the_bus_when_it_comes() {
+    // Nothing listens on the port yet; one process has the wrong password.
+    let mut redis = Redis {
+        port: {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        },
+        child: None,
+    };
+    let database_url = fresh_database().await;
+    let a = Process::start_on(database_url.clone(), &[("EVENT_BUS", &redis.url())]).await;
+    let wrong = format!("redis://:not-{PASSWORD}@127.0.0.1:{}/0", redis.port);
+    let b = Process::start_on(database_url.clone(), &[("EVENT_BUS", &wrong)]).await;
+    let (app_a, app_b) = (a.app(), b.app());
+    // Ready (the database answers), the bus reported degraded.
+    wait_bus(&app_a, "degraded", Duration::from_secs(5)).await;
+    let cid = app_a.conversation("alice", &["bob"]).await;
+    let mut bob = Sio::connect(&app_a, Some(&token("bob")))
+        .await
+        .expect("bob");
+    assert_eq!(
+        bob.call("join", json!({ "conversation_id": cid })).await["success"],
+        true
+    );
+    // Sends commit and local members hear them without a bus.
+    let m = app_a.send("alice", &cid, "no bus yet").await;
+    assert_eq!(
+        bob.seqs_until(1, 3000).await,
+        vec![m["seq"].as_i64().expect("seq")]
+    );
+
+    redis.restart().await;
+    wait_bus(&app_a, "ok", Duration::from_secs(10)).await;
+    // The wrong password never connects, and says so without an ERROR or the secret.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bus_status(&app_b).await["status"], "degraded");
+    // Bob, on A, hears a message sent through B: B's wake-ups are lost, so A's delivery
+    // stage reads it from the log (bounded by its sweep of followed conversations).
+    let sent = Instant::now();
+    let m = app_b
+        .send("alice", &cid, "through the process without a bus")
+        .await;
+    assert_eq!(
+        bob.seqs_until(2, 8000).await,
+        vec![m["seq"].as_i64().expect("seq")]
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        sent.elapsed()
+    );
+    for p in [a, b] {
+        let log = p.log().await;
+        let errors = errors_in(&log);
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert!(!log.contains(PASSWORD), "a Redis password was logged");
+    }
+}
