@@ -24,6 +24,11 @@ pub enum EventKind {
     ConversationDeleted,
     ParticipantJoined,
     ParticipantLeft,
+    /// Internal, never sent to clients nor relayed: the bus may have missed a removal
+    /// (it reconnected, or this process only now subscribed to the conversation), so
+    /// the transports check again who may still read the conversation (the nil id: every
+    /// conversation).
+    AccessChanged,
 }
 
 /// Who caused an event, so the transport can leave them out (or not) of the fan-out.
@@ -146,6 +151,8 @@ impl Drop for Following {
 pub struct Watch {
     pub conversation_id: Uuid,
     pub seq: Option<i64>,
+    /// Nobody here follows it any more: forget the track.
+    pub forget: bool,
 }
 
 impl Default for Events {
@@ -180,9 +187,52 @@ impl Events {
         if let Some(relay) = self.relay.get()
             && relay.try_send(event.clone()).is_err()
         {
-            tracing::warn!("event relay is full; other processes recover messages from the log");
+            crate::metrics::bus_publish_failed("relay_queue", 1);
+            // Said at most every 10 s: a bus that is down fills the queue at every send.
+            static LAST_SAID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let said = LAST_SAID.load(std::sync::atomic::Ordering::Relaxed);
+            if now >= said + 10
+                && LAST_SAID
+                    .compare_exchange(
+                        said,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(
+                    "event relay is full; other processes recover messages from the log"
+                );
+            }
         }
         self.deliver_local(event);
+    }
+
+    /// Has the transports check again who may read `conversation_id` (`Uuid::nil()`: every
+    /// conversation): after the bus may have missed a removal. Local only.
+    pub fn recheck(&self, conversation_id: Uuid) {
+        self.deliver_local(Arc::new(Event {
+            kind: EventKind::AccessChanged,
+            conversation_id,
+            room: String::new(),
+            data: Value::Null,
+            origin: Origin::default(),
+        }));
+    }
+
+    /// A local client no longer follows `conversation_id` (the bus unsubscribed it): the
+    /// delivery stage forgets where it stood, instead of sweeping a conversation nobody
+    /// here reads and later resuming from a stale position.
+    pub fn unwatch(&self, conversation_id: Uuid) {
+        let _ = self.watch.try_send(Watch {
+            conversation_id,
+            seq: None,
+            forget: true,
+        });
     }
 
     /// Delivers an event that came from another process to this process's transports only.
@@ -209,6 +259,7 @@ impl Events {
         let _ = self.watch.try_send(Watch {
             conversation_id,
             seq,
+            forget: false,
         });
     }
 

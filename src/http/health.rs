@@ -50,7 +50,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     // delivery reads the log, so it is reported, not a reason to take the process out.
     let event_bus = json!({
         "engine": state.bus.engine,
-        "status": if state.bus.connected() { "ok" } else { "degraded" },
+        "status": state.bus.describe(),
     });
     match ping {
         Ok(Ok(_)) => (

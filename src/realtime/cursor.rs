@@ -72,6 +72,18 @@ impl Cursor {
         }
     }
 
+    /// Marks where a plain join stands (the `last_seq` its ack reports): older messages a
+    /// late wake-up or a log read brings are not emitted as live. A lane already there
+    /// (held, or live further on) is left as it is.
+    pub fn start(&self, conversation_id: Uuid, last_seq: i64) {
+        if let Ok(mut lanes) = self.0.lock() {
+            match lanes.entry(conversation_id).or_insert(Lane::Live(None)) {
+                Lane::Live(last) if last.is_none_or(|l| l < last_seq) => *last = Some(last_seq),
+                _ => {}
+            }
+        }
+    }
+
     /// Forgets the conversation (the socket left it, or its join failed).
     pub fn forget(&self, conversation_id: Uuid) {
         if let Ok(mut lanes) = self.0.lock() {

@@ -56,6 +56,8 @@ const FILL_LIMIT: i64 = 1000;
 pub const WATCHED_SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// A follow report lasts this long; transports refresh theirs well within it.
 const WATCH_LASTS: Duration = Duration::from_secs(60);
+/// A track the bus stops following is kept if a join reported it this recently.
+const FORGET_RACE: Duration = Duration::from_secs(5);
 /// How often transports refresh their follow reports.
 pub const WATCH_REFRESH: Duration = Duration::from_secs(20);
 
@@ -75,6 +77,8 @@ struct Track {
     /// one a client named): where a track born from follow reports starts, so no
     /// follower misses what came after its own position.
     hint: Option<i64>,
+    /// When a join (or resume, or `/ws` connect) last reported it.
+    joined: Option<Instant>,
 }
 
 impl Track {
@@ -88,6 +92,7 @@ impl Track {
             active: now,
             watched_until: None,
             hint: None,
+            joined: None,
         }
     }
 
@@ -128,6 +133,16 @@ async fn run(
             }
             Some(watch) = watches.recv() => {
                 let now = Instant::now();
+                if watch.forget {
+                    // Unless a join reported it since the bus decided (a join racing the
+                    // unsubscribe keeps its track).
+                    if tracks.get(&watch.conversation_id).is_some_and(|t| {
+                        !t.filling && t.joined.is_none_or(|at| now - at > FORGET_RACE)
+                    }) {
+                        tracks.remove(&watch.conversation_id);
+                    }
+                    continue;
+                }
                 let track = match (tracks.get_mut(&watch.conversation_id), watch.seq) {
                     (Some(track), _) => track,
                     (None, Some(_)) => tracks.entry(watch.conversation_id).or_insert_with(|| Track::new(now)),
@@ -136,6 +151,7 @@ async fn run(
                 };
                 track.watched_until = Some(now + WATCH_LASTS);
                 if let Some(seq) = watch.seq {
+                    track.joined = Some(now);
                     track.hint = Some(track.hint.map_or(seq, |h| h.min(seq)));
                 }
             }
@@ -143,14 +159,18 @@ async fn run(
                 if let Some(track) = tracks.get_mut(&fill.conversation_id) {
                     track.filling = false;
                     if fill.events.is_empty() && track.gap_since.is_some() {
-                        match (fill.gap_read, track.pending.keys().next().copied()) {
-                            // The log answered and holds nothing before the first waiting
-                            // message: those rows are gone (their conversation was deleted;
-                            // `seq` is gapless, so a later one committed means they had).
-                            // Waiting longer would only re-read forever.
-                            (true, Some(first)) => track.delivered = Some(first - 1),
+                        if fill.gap_read {
+                            // The log answered and holds nothing before the waiting
+                            // messages: their conversation was deleted, or the wake-ups
+                            // name positions the log does not have (a forged or corrupt
+                            // one). Either way they are not handed on, and the position
+                            // stays where the log confirms it: a wake-up's word never
+                            // moves it past what is stored.
+                            track.pending.clear();
+                            track.gap_since = None;
+                        } else {
                             // It could not be read: wait and try again.
-                            _ => track.gap_since = Some(Instant::now()),
+                            track.gap_since = Some(Instant::now());
                         }
                     }
                     crate::metrics::delivery_gap_filled(fill.events.len());

@@ -73,6 +73,7 @@ pub fn socket_events(event: &Event) -> Vec<(&'static str, Value, bool)> {
         }
         EventKind::ParticipantJoined => vec![("participantJoined", d.clone(), true)],
         EventKind::ParticipantLeft => vec![("participantLeft", d.clone(), true)],
+        EventKind::AccessChanged => vec![],
     }
 }
 
@@ -288,6 +289,12 @@ pub fn spawn(
                     }
                     match event.kind {
                         EventKind::ParticipantLeft => {
+                            revoke(&state, &io, &namespaces, event.conversation_id).await
+                        }
+                        EventKind::AccessChanged if event.conversation_id.is_nil() => {
+                            revalidate_all(&state, &io, &namespaces).await
+                        }
+                        EventKind::AccessChanged => {
                             revoke(&state, &io, &namespaces, event.conversation_id).await
                         }
                         EventKind::ConversationDeleted => {

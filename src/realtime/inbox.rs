@@ -328,6 +328,12 @@ async fn handle(
                 }
             }
         }
+        // The bus may have missed a removal: what is known of the conversation's
+        // participants is read again when next needed.
+        EventKind::AccessChanged if id.is_nil() => known.clear(),
+        EventKind::AccessChanged => {
+            known.remove(&id);
+        }
         // An edit or delete of the message the inbox shows: it shows the new state (a
         // deleted message's text is gone from storage and from here too).
         EventKind::MessageUpdated | EventKind::MessageDeleted => {

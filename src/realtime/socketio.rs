@@ -614,7 +614,8 @@ async fn join(
     }
     let conversation = conversations::get(state, &principal, conversation_id).await?;
     let Some(since) = since else {
-        join_checked(state, socket, &principal, conversation_id).await?;
+        let access = join_checked(state, socket, &principal, conversation_id).await?;
+        Cursor::of(socket).start(conversation_id, access.last_seq);
         let data = json!({ "conversation": conversation, "conversation_id": conversation_id });
         return Ok((data, None));
     };
@@ -660,7 +661,9 @@ async fn join_all(state: &AppState, socket: &SocketRef, principal: &Principal) -
     .bind(&principal.id)
     .fetch_all(&state.db)
     .await?;
+    let cursor = Cursor::of(socket);
     for (id, last_seq) in &ids {
+        cursor.start(*id, *last_seq);
         socket.join(room(*id));
         state.events.watch(*id, Some(*last_seq));
     }
@@ -797,7 +800,8 @@ async fn eliza_send(
             .await
             .is_ok()
     {
-        join_checked(state, socket, &principal, conversation_id).await?;
+        let access = join_checked(state, socket, &principal, conversation_id).await?;
+        Cursor::of(socket).start(conversation_id, access.last_seq);
     }
     chat_message(state, socket, body, has_client_id).await
 }

@@ -310,7 +310,8 @@ async fn session(
             }
             event = events.recv() => {
                 match event {
-                    Ok(event) if event.conversation_id == access.conversation_id => {
+                    Ok(event) if event.conversation_id == access.conversation_id
+                        || (event.kind == EventKind::AccessChanged && event.conversation_id.is_nil()) => {
                         if let Some(end) = revoked(&state, &principal, &access, &event).await {
                             let _ = tx.send(error_frame(&end)).await;
                             let _ = tx.send(close(close_code(&end), &end.to_string())).await;
@@ -375,6 +376,13 @@ async fn revoked(
                     || event.data["participant_id"].as_str() == Some(principal.id.as_str())) =>
         {
             Access::load(&state.db, principal, event.conversation_id)
+                .await
+                .err()
+                .map(access_lost)
+        }
+        // The bus may have missed a removal: ask again.
+        EventKind::AccessChanged if !principal.is_privileged() => {
+            Access::load(&state.db, principal, access.conversation_id)
                 .await
                 .err()
                 .map(access_lost)

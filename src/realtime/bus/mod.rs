@@ -15,10 +15,7 @@
 pub mod postgres;
 pub mod redis;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,6 +39,10 @@ use crate::{
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     node: Uuid,
+    /// The publisher's number for this wake-up (Redis: its copies on several channels
+    /// carry the same, so a receiver can tell them apart from new ones).
+    #[serde(default)]
+    wake: u64,
     event: Event,
     /// The event's `data` was left out for size; re-read it by id.
     #[serde(default)]
@@ -49,9 +50,10 @@ struct Envelope {
 }
 
 /// The envelope as JSON, at most `max_bytes` long (larger events go by reference).
-fn encode(node: Uuid, event: &Event, max_bytes: usize) -> Option<String> {
+fn encode(node: Uuid, wake: u64, event: &Event, max_bytes: usize) -> Option<String> {
     let full = serde_json::to_string(&Envelope {
         node,
+        wake,
         event: event.clone(),
         by_reference: false,
     })
@@ -59,54 +61,57 @@ fn encode(node: Uuid, event: &Event, max_bytes: usize) -> Option<String> {
     if full.len() <= max_bytes {
         return Some(full);
     }
+    by_reference(node, wake, event)
+}
+
+/// The envelope without the event's data: the receiver re-reads it by id.
+fn by_reference(node: Uuid, wake: u64, event: &Event) -> Option<String> {
     let mut slim = event.clone();
     slim.data = serde_json::json!({ "id": event.data.get("id") });
     serde_json::to_string(&Envelope {
         node,
+        wake,
         event: slim,
         by_reference: true,
     })
     .ok()
 }
 
-/// The two fields a receiver looks at first (the rest is skipped without being built).
+/// What a receiver looks at first (the rest is skipped without being built): its own
+/// wake-ups (both buses read them back) and copies it already has are dropped on this.
 #[derive(Deserialize)]
 struct Peek {
     node: Uuid,
-    event: PeekEvent,
+    #[serde(default)]
+    wake: u64,
 }
 
-#[derive(Deserialize)]
-struct PeekEvent {
-    conversation_id: Uuid,
-}
-
-/// A received envelope as the event to deliver: `None` for this process's own, one
-/// `wanted` refuses (by conversation), an unreadable one, or a reference that no longer
-/// resolves. Those dropped are only scanned, never built: a process reads its own
-/// wake-ups back from either bus.
-async fn decode(
-    state: &AppState,
-    node: Uuid,
-    payload: &[u8],
-    wanted: impl FnOnce(Uuid) -> bool,
-) -> Option<Event> {
-    let Ok(peek) = serde_json::from_slice::<Peek>(payload) else {
+fn peek(payload: &[u8]) -> Option<Peek> {
+    let peeked = serde_json::from_slice::<Peek>(payload).ok();
+    if peeked.is_none() {
         tracing::warn!("ignoring an unreadable event from the bus");
-        return None;
-    };
-    if peek.node == node || !wanted(peek.event.conversation_id) {
-        return None;
     }
+    peeked
+}
+
+/// Longest a by-reference event's re-read may hold up the listener.
+const REHYDRATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The event a received envelope carries (re-read when it came by reference); `None`
+/// when it is unreadable or the reference no longer resolves (the delivery stage reads
+/// a message it then lacks from the log).
+async fn open(state: &AppState, payload: &[u8]) -> Option<Event> {
     let Ok(envelope) = serde_json::from_slice::<Envelope>(payload) else {
         tracing::warn!("ignoring an unreadable event from the bus");
         return None;
     };
-    if envelope.by_reference {
-        rehydrate(state, envelope.event).await
-    } else {
-        Some(envelope.event)
+    if !envelope.by_reference {
+        return Some(envelope.event);
     }
+    tokio::time::timeout(REHYDRATE_TIMEOUT, rehydrate(state, envelope.event))
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn rehydrate(state: &AppState, mut event: Event) -> Option<Event> {
@@ -131,12 +136,16 @@ async fn rehydrate(state: &AppState, mut event: Event) -> Option<Event> {
     Some(event)
 }
 
-/// Which engine runs and whether it is connected, for `/readyz`.
+/// Which engine runs and how it is, for `/readyz` and the metrics.
 #[derive(Debug)]
 pub struct Status {
     pub engine: &'static str,
-    connected: AtomicBool,
+    state: std::sync::atomic::AtomicU8,
 }
+
+const DEGRADED: u8 = 0;
+const CONNECTED: u8 = 1;
+const MISCONFIGURED: u8 = 2;
 
 impl Status {
     pub fn new(bus: &EventBus) -> Self {
@@ -145,17 +154,33 @@ impl Status {
                 EventBus::Postgres => "postgres",
                 EventBus::Redis(_) => "redis",
             },
-            connected: AtomicBool::new(false),
+            state: std::sync::atomic::AtomicU8::new(DEGRADED),
         }
     }
 
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) == CONNECTED
+    }
+
+    /// `ok`, `degraded` (unreachable: live delivery reads the log) or `misconfigured`
+    /// (the bus refused the credentials or TLS: it will not heal by itself).
+    pub fn describe(&self) -> &'static str {
+        match self.state.load(Ordering::Acquire) {
+            CONNECTED => "ok",
+            MISCONFIGURED => "misconfigured",
+            _ => "degraded",
+        }
     }
 
     fn set_connected(&self, up: bool) {
-        self.connected.store(up, Ordering::Release);
+        self.state
+            .store(if up { CONNECTED } else { DEGRADED }, Ordering::Release);
         crate::metrics::bus_connected(self.engine, up);
+    }
+
+    fn set_misconfigured(&self) {
+        self.state.store(MISCONFIGURED, Ordering::Release);
+        crate::metrics::bus_connected(self.engine, false);
     }
 }
 

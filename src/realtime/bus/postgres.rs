@@ -51,7 +51,7 @@ async fn relay(db: PgPool, node: Uuid, rx: mpsc::Receiver<Arc<Event>>, closing: 
 async fn send(db: &PgPool, node: Uuid, batch: &[Arc<Event>]) {
     let payloads: Vec<String> = batch
         .iter()
-        .filter_map(|e| super::encode(node, e, MAX_NOTIFY_BYTES))
+        .filter_map(|e| super::encode(node, 0, e, MAX_NOTIFY_BYTES))
         .collect();
     let result = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
         .bind(CHANNEL)
@@ -69,11 +69,12 @@ async fn send(db: &PgPool, node: Uuid, batch: &[Arc<Event>]) {
 
 async fn listen(state: AppState, node: Uuid) {
     let mut delay = Duration::from_millis(200);
+    let mut first = true;
     loop {
         if state.closing.is_cancelled() {
             return;
         }
-        let result = run_listener(&state, node).await;
+        let result = run_listener(&state, node, std::mem::take(&mut first)).await;
         state.bus.set_connected(false);
         match result {
             Ok(()) => return,
@@ -90,10 +91,15 @@ async fn listen(state: AppState, node: Uuid) {
     }
 }
 
-async fn run_listener(state: &AppState, node: Uuid) -> anyhow::Result<()> {
+async fn run_listener(state: &AppState, node: Uuid, first: bool) -> anyhow::Result<()> {
     let mut listener = PgListener::connect_with(&state.delivery_db).await?;
     listener.listen(CHANNEL).await?;
     state.bus.set_connected(true);
+    if !first {
+        // Removals notified while the connection was down were missed: who may still
+        // read what is checked again (messages come back from the log by themselves).
+        state.events.recheck(Uuid::nil());
+    }
     tracing::debug!("listening for events from other processes");
     loop {
         let notification = tokio::select! {
@@ -106,8 +112,9 @@ async fn run_listener(state: &AppState, node: Uuid) -> anyhow::Result<()> {
             anyhow::bail!("listen connection closed")
         };
         crate::metrics::bus_received("postgres");
-        if let Some(event) =
-            super::decode(state, node, notification.payload().as_bytes(), |_| true).await
+        let payload = notification.payload().as_bytes();
+        if super::peek(payload).is_some_and(|p| p.node != node)
+            && let Some(event) = super::open(state, payload).await
         {
             super::deliver(state, event);
         }
