@@ -113,14 +113,29 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-async fn start_cluster(n: usize, redis: &Redis) -> (String, Vec<Process>) {
+/// `n` processes on one fresh database and `redis`, each connected to the bus.
+async fn start_cluster(n: usize, redis: &Redis) -> (String, Vec<Process>, Vec<TestApp>) {
     let database_url = fresh_database().await;
     let url = redis.url();
     let mut processes = vec![];
     for _ in 0..n {
         processes.push(Process::start_on(database_url.clone(), &[("EVENT_BUS", &url)]).await);
     }
-    (database_url, processes)
+    let apps: Vec<TestApp> = processes.iter().map(Process::app).collect();
+    for app in &apps {
+        wait_bus(app, "ok", Duration::from_secs(10)).await;
+    }
+    (database_url, processes, apps)
+}
+
+/// A Socket.IO client of `who` on `app`, joined to `conversation`.
+async fn joined(app: &TestApp, who: &str, conversation: &str) -> Sio {
+    let mut s = Sio::connect(app, Some(&token(who))).await.expect("connect");
+    let ack = s
+        .call("join", json!({ "conversation_id": conversation }))
+        .await;
+    assert_eq!(ack["success"], true, "{ack}");
+    s
 }
 
 /// A sample's value in a process's `/metrics` (0 when absent).
@@ -165,11 +180,7 @@ async fn wait_bus(app: &TestApp, status: &str, within: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_on_redis_deliver_every_message_to_every_member_once_in_order() {
     let redis = Redis::start().await;
-    let (database_url, processes) = start_cluster(3, &redis).await;
-    let apps: Vec<TestApp> = processes.iter().map(Process::app).collect();
-    for app in &apps {
-        wait_bus(app, "ok", Duration::from_secs(10)).await;
-    }
+    let (database_url, processes, apps) = start_cluster(3, &redis).await;
     let cid = apps[0]
         .conversation("alice", &["bob", "carol", "dave", "erin"])
         .await;
@@ -180,12 +191,7 @@ async fn three_processes_on_redis_deliver_every_message_to_every_member_once_in_
     let mut sios = vec![];
     let mut wss = vec![];
     for (i, app) in apps.iter().enumerate() {
-        let mut s = Sio::connect(app, Some(&token(people[i])))
-            .await
-            .expect("connect");
-        let ack = s.call("join", json!({ "conversation_id": cid })).await;
-        assert_eq!(ack["success"], true, "{ack}");
-        sios.push(s);
+        sios.push(joined(app, people[i], &cid).await);
         let mut w = Ws::connect(app, &cid, &token(people[(i + 1) % 3]))
             .await
             .expect("ws");
@@ -279,28 +285,12 @@ async fn three_processes_on_redis_deliver_every_message_to_every_member_once_in_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_hears_only_the_conversations_its_own_clients_follow() {
     let redis = Redis::start().await;
-    let (_, processes) = start_cluster(3, &redis).await;
-    let apps: Vec<TestApp> = processes.iter().map(Process::app).collect();
-    for app in &apps {
-        wait_bus(app, "ok", Duration::from_secs(10)).await;
-    }
+    let (_, processes, apps) = start_cluster(3, &redis).await;
     let x = apps[0].conversation("alice", &["bob"]).await;
     let y = apps[0].conversation("carol", &["dave"]).await;
     // Bob follows X on B; carol follows Y on C (C has clients, none of them in X).
-    let mut bob = Sio::connect(&apps[1], Some(&token("bob")))
-        .await
-        .expect("bob");
-    assert_eq!(
-        bob.call("join", json!({ "conversation_id": x })).await["success"],
-        true
-    );
-    let mut carol = Sio::connect(&apps[2], Some(&token("carol")))
-        .await
-        .expect("carol");
-    assert_eq!(
-        carol.call("join", json!({ "conversation_id": y })).await["success"],
-        true
-    );
+    let mut bob = joined(&apps[1], "bob", &x).await;
+    let mut carol = joined(&apps[2], "carol", &y).await;
     let before_b = metric(&apps[1], RECEIVED).await;
     let before_c = metric(&apps[2], RECEIVED).await;
     for i in 0..30 {
@@ -346,42 +336,23 @@ async fn a_process_hears_only_the_conversations_its_own_clients_follow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_under_load_loses_nothing() {
     let mut redis = Redis::start().await;
-    let (database_url, processes) = start_cluster(2, &redis).await;
-    let (a, b) = (processes[0].app(), processes[1].app());
-    for app in [&a, &b] {
-        wait_bus(app, "ok", Duration::from_secs(10)).await;
-    }
+    let (database_url, processes, apps) = start_cluster(2, &redis).await;
+    let (a, b) = (&apps[0], &apps[1]);
     let cid = a.conversation("alice", &["bob", "carol", "dave"]).await;
-    let mut bob_b = Sio::connect(&b, Some(&token("bob"))).await.expect("bob");
+    let mut bob_b = joined(b, "bob", &cid).await;
     // Dave is removed through A while Redis is down: B never hears the removal on the
     // bus, and must still cut him once it is back.
-    let mut dave_b = Sio::connect(&b, Some(&token("dave"))).await.expect("dave");
-    assert_eq!(
-        dave_b.call("join", json!({ "conversation_id": cid })).await["success"],
-        true
-    );
-    let mut dave_ws = Ws::connect(&b, &cid, &token("dave")).await.expect("ws");
+    let mut dave_b = joined(b, "dave", &cid).await;
+    let mut dave_ws = Ws::connect(b, &cid, &token("dave")).await.expect("ws");
     dave_ws.next("status", 3000).await.expect("status");
-    assert_eq!(
-        bob_b.call("join", json!({ "conversation_id": cid })).await["success"],
-        true
-    );
-    let mut carol_b = Ws::connect(&b, &cid, &token("carol")).await.expect("ws");
+    let mut carol_b = Ws::connect(b, &cid, &token("carol")).await.expect("ws");
     carol_b.next("status", 3000).await.expect("status");
-    let mut carol_a = Sio::connect(&a, Some(&token("carol")))
-        .await
-        .expect("carol");
-    assert_eq!(
-        carol_a
-            .call("join", json!({ "conversation_id": cid }))
-            .await["success"],
-        true
-    );
+    let mut carol_a = joined(a, "carol", &cid).await;
 
     // Alice sends through both processes for 3 s; Redis dies at 1 s and is back at 2 s.
     let stop = Instant::now() + Duration::from_secs(3);
     let mut senders = vec![];
-    for (p, app) in [&a, &b].into_iter().enumerate() {
+    for (p, app) in [a, b].into_iter().enumerate() {
         let url = format!(
             "{}{}",
             app.base,
@@ -409,7 +380,7 @@ async fn redis_killed_and_restarted_under_load_loses_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     redis.kill().await;
-    wait_bus(&b, "degraded", Duration::from_secs(5)).await;
+    wait_bus(b, "degraded", Duration::from_secs(5)).await;
     let (removed, body) = a
         .request(
             reqwest::Method::DELETE,
@@ -451,7 +422,7 @@ async fn redis_killed_and_restarted_under_load_loses_nothing() {
     );
 
     // Reconnected and subscribed again by itself: live delivery is back on the bus.
-    for app in [&a, &b] {
+    for app in [a, b] {
         wait_bus(app, "ok", Duration::from_secs(10)).await;
         assert!(metric(app, "colloquy_bus_reconnects_total{bus=\"redis\"}").await >= 1.0);
     }
@@ -509,13 +480,7 @@ async fn a_process_starts_and_serves_without_redis_and_joins_the_bus_when_it_com
     // Ready (the database answers), the bus reported degraded.
     wait_bus(&app_a, "degraded", Duration::from_secs(5)).await;
     let cid = app_a.conversation("alice", &["bob"]).await;
-    let mut bob = Sio::connect(&app_a, Some(&token("bob")))
-        .await
-        .expect("bob");
-    assert_eq!(
-        bob.call("join", json!({ "conversation_id": cid })).await["success"],
-        true
-    );
+    let mut bob = joined(&app_a, "bob", &cid).await;
     // Sends commit and local members hear them without a bus.
     let m = app_a.send("alice", &cid, "no bus yet").await;
     assert_eq!(

@@ -679,21 +679,23 @@ async fn followed_now(io: &SocketIo, namespaces: &[String], interest: &Interest)
 }
 
 async fn subscribe(sink: &mut PubSubSink, topics: &[Topic]) -> anyhow::Result<()> {
-    for chunk in topics.chunks(CHUNK) {
-        let channels: Vec<String> = chunk.iter().map(channel).collect();
-        tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(channels))
-            .await
-            .context("subscribing timed out")??;
-    }
-    Ok(())
+    change(sink, topics, true).await
 }
 
 async fn unsubscribe(sink: &mut PubSubSink, topics: &[Topic]) -> anyhow::Result<()> {
+    change(sink, topics, false).await
+}
+
+/// SUBSCRIBE (or UNSUBSCRIBE) `topics`, [`CHUNK`] channels per command.
+async fn change(sink: &mut PubSubSink, topics: &[Topic], on: bool) -> anyhow::Result<()> {
     for chunk in topics.chunks(CHUNK) {
         let channels: Vec<String> = chunk.iter().map(channel).collect();
-        tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(channels))
-            .await
-            .context("unsubscribing timed out")??;
+        let done = if on {
+            tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(channels)).await
+        } else {
+            tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(channels)).await
+        };
+        done.context("changing subscriptions timed out")??;
     }
     Ok(())
 }
