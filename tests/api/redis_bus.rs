@@ -128,6 +128,25 @@ async fn start_cluster(n: usize, redis: &Redis) -> (String, Vec<Process>, Vec<Te
     (database_url, processes, apps)
 }
 
+/// Alice's `i`th send through `app` from sender `p` (its own client id, so retries and
+/// the count of what is stored stay exact).
+async fn alice_sends(
+    http: &reqwest::Client,
+    app_base: &str,
+    cid: &str,
+    p: usize,
+    i: usize,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!(
+        "{app_base}{}",
+        api(&format!("/messages/conversations/{cid}"))
+    ))
+    .bearer_auth(token("alice"))
+    .json(&json!({ "text": format!("p{p} m{i}"), "client_message_id": format!("p{p}-{i}") }))
+    .send()
+    .await
+}
+
 /// A Socket.IO client of `who` on `app`, joined to `conversation`.
 async fn joined(app: &TestApp, who: &str, conversation: &str) -> Sio {
     let mut s = Sio::connect(app, Some(&token(who))).await.expect("connect");
@@ -208,21 +227,11 @@ async fn three_processes_on_redis_deliver_every_message_to_every_member_once_in_
     // Alice sends through all three at once.
     let mut senders = vec![];
     for (p, app) in apps.iter().enumerate() {
-        let url = format!(
-            "{}{}",
-            app.base,
-            api(&format!("/messages/conversations/{cid}"))
-        );
+        let (base, cid) = (app.base.clone(), cid.clone());
         senders.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             for i in 0..20 {
-                let r = http
-                    .post(&url)
-                    .bearer_auth(token("alice"))
-                    .json(&json!({ "text": format!("p{p} m{i}"), "client_message_id": format!("p{p}-{i}") }))
-                    .send()
-                    .await
-                    .expect("send");
+                let r = alice_sends(&http, &base, &cid, p, i).await.expect("send");
                 assert!(r.status().is_success(), "{}", r.status());
             }
         }));
@@ -353,23 +362,13 @@ async fn redis_killed_and_restarted_under_load_loses_nothing() {
     let stop = Instant::now() + Duration::from_secs(3);
     let mut senders = vec![];
     for (p, app) in [a, b].into_iter().enumerate() {
-        let url = format!(
-            "{}{}",
-            app.base,
-            api(&format!("/messages/conversations/{cid}"))
-        );
+        let (base, cid) = (app.base.clone(), cid.clone());
         senders.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let (mut acked, mut failed) = (0, 0);
             let mut i = 0;
             while Instant::now() < stop {
-                let r = http
-                    .post(&url)
-                    .bearer_auth(token("alice"))
-                    .json(&json!({ "text": format!("p{p} m{i}"), "client_message_id": format!("p{p}-{i}") }))
-                    .send()
-                    .await;
-                match r {
+                match alice_sends(&http, &base, &cid, p, i).await {
                     Ok(r) if r.status().is_success() => acked += 1,
                     _ => failed += 1,
                 }

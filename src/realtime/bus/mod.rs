@@ -158,10 +158,6 @@ impl Status {
         }
     }
 
-    pub fn connected(&self) -> bool {
-        self.state.load(Ordering::Acquire) == CONNECTED
-    }
-
     /// `ok`, `degraded` (unreachable: live delivery reads the log) or `misconfigured`
     /// (the bus refused the credentials or TLS: it will not heal by itself).
     pub fn describe(&self) -> &'static str {
