@@ -8,8 +8,14 @@ fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-async fn run_flow(app: &TestApp, program: &str, script: &str) {
-    let cid = app.conversation("alice", &["bob"]).await;
+/// Runs one client script with the server's URL, alice's and bob's tokens and `env`; it
+/// must exit 0. Returns what it printed.
+async fn run_client(
+    app: &TestApp,
+    program: &str,
+    script: &str,
+    env: Vec<(&'static str, String)>,
+) -> String {
     let output = tokio::task::spawn_blocking({
         let (program, script) = (program.to_owned(), script.to_owned());
         let (url, alice, bob) = (app.base.clone(), token("alice"), token("bob"));
@@ -19,7 +25,7 @@ async fn run_flow(app: &TestApp, program: &str, script: &str) {
                 .env("COLLOQUY_URL", url)
                 .env("TOKEN_ALICE", alice)
                 .env("TOKEN_BOB", bob)
-                .env("CONVERSATION_ID", cid)
+                .envs(env)
                 .output()
         }
     })
@@ -32,95 +38,70 @@ async fn run_flow(app: &TestApp, program: &str, script: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `node` and a script of `tests/clients/node`, checked to have its packages.
+fn node(script: &str) -> (String, String) {
+    let dir = root().join("tests/clients/node");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "run `npm ci` in tests/clients/node (scripts/test does)"
+    );
+    ("node".into(), dir.join(script).display().to_string())
+}
+
+/// The venv's python and a script of `tests/clients/python`.
+fn python(script: &str) -> (String, String) {
+    let python = root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "create the venv with tests/clients/python/requirements.txt (scripts/test does)"
+    );
+    (
+        python.display().to_string(),
+        root()
+            .join("tests/clients/python")
+            .join(script)
+            .display()
+            .to_string(),
+    )
+}
+
+async fn run_flow(app: &TestApp, (program, script): (String, String)) {
+    let cid = app.conversation("alice", &["bob"]).await;
+    run_client(app, &program, &script, vec![("CONVERSATION_ID", cid)]).await;
 }
 
 #[tokio::test]
 async fn the_official_node_socket_io_client_runs_a_full_flow() {
     let app = spawn_app().await;
-    let dir = root().join("tests/clients/node");
-    assert!(
-        dir.join("node_modules/socket.io-client").exists(),
-        "run `npm ci` in tests/clients/node (scripts/test does)"
-    );
-    run_flow(&app, "node", dir.join("flow.mjs").to_str().unwrap()).await;
+    run_flow(&app, node("flow.mjs")).await;
 }
 
 #[tokio::test]
 async fn the_official_python_socketio_client_runs_a_full_flow() {
     let app = spawn_app().await;
-    let python = root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "create the venv with tests/clients/python/requirements.txt (scripts/test does)"
-    );
-    run_flow(
-        &app,
-        python.to_str().unwrap(),
-        root()
-            .join("tests/clients/python/flow.py")
-            .to_str()
-            .unwrap(),
-    )
-    .await;
+    run_flow(&app, python("flow.py")).await;
 }
 
 /// Runs a resume/inbox script (`resume.mjs`, `resume.py`): `CONVERSATION_ID` and
 /// `INBOX_CONVERSATION_ID` are two conversations alice created with bob, with no messages.
-async fn run_resume_script(app: &TestApp, program: &str, script: &str) {
+async fn run_resume_script(app: &TestApp, (program, script): (String, String)) {
     let cid = app.conversation("alice", &["bob"]).await;
     let inbox = app.conversation("alice", &["bob"]).await;
-    let output = tokio::task::spawn_blocking({
-        let (program, script) = (program.to_owned(), script.to_owned());
-        let (url, alice, bob) = (app.base.clone(), token("alice"), token("bob"));
-        move || {
-            Command::new(program)
-                .arg(script)
-                .env("COLLOQUY_URL", url)
-                .env("TOKEN_ALICE", alice)
-                .env("TOKEN_BOB", bob)
-                .env("CONVERSATION_ID", cid)
-                .env("INBOX_CONVERSATION_ID", inbox)
-                .output()
-        }
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("cannot run {program} (scripts/test installs the clients): {e}"));
-    assert!(
-        output.status.success(),
-        "{script} failed\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    print!("{}", String::from_utf8_lossy(&output.stdout));
+    let env = vec![("CONVERSATION_ID", cid), ("INBOX_CONVERSATION_ID", inbox)];
+    print!("{}", run_client(app, &program, &script, env).await);
 }
 
 #[tokio::test]
 async fn the_official_node_client_resumes_after_a_drop_and_hears_its_inbox() {
     let app = spawn_app().await;
-    let dir = root().join("tests/clients/node");
-    assert!(
-        dir.join("node_modules/socket.io-client").exists(),
-        "run `npm ci` in tests/clients/node (scripts/test does)"
-    );
-    run_resume_script(&app, "node", dir.join("resume.mjs").to_str().unwrap()).await;
+    run_resume_script(&app, node("resume.mjs")).await;
 }
 
 #[tokio::test]
 async fn the_official_python_client_resumes_after_a_drop_and_hears_its_inbox() {
     let app = spawn_app().await;
-    let python = root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "create the venv with tests/clients/python/requirements.txt (scripts/test does)"
-    );
-    run_resume_script(
-        &app,
-        python.to_str().unwrap(),
-        root()
-            .join("tests/clients/python/resume.py")
-            .to_str()
-            .unwrap(),
-    )
-    .await;
+    run_resume_script(&app, python("resume.py")).await;
 }
