@@ -39,6 +39,16 @@ pub enum EventBus {
     Redis(Secret),
 }
 
+/// Non-public addresses outbound calls may reach (`WEBHOOK_ALLOW_PRIVATE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrivateTargets {
+    /// Public addresses only (the default).
+    None,
+    All,
+    /// Public addresses and these ranges.
+    Ranges(Vec<ipnet::IpNet>),
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     #[default]
@@ -142,6 +152,36 @@ pub struct Config {
     /// Seconds to wait for in-flight work on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+
+    /// Whether webhooks and responder providers may target loopback, link-local and
+    /// private addresses: `false`, `true`, or a comma list of CIDR ranges allowed.
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value = "false")]
+    pub webhook_allow_private: String,
+
+    /// Seconds one webhook request may take before it counts as failed.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub webhook_timeout_seconds: u64,
+
+    /// How long a failing delivery is retried before it becomes a dead letter.
+    #[arg(long, env = "WEBHOOK_RETRY_FOR", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub webhook_retry_for: std::time::Duration,
+
+    /// Longest wait between two attempts of one delivery.
+    #[arg(long, env = "WEBHOOK_MAX_BACKOFF", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub webhook_max_backoff: std::time::Duration,
+
+    /// Seconds a responder waits for the provider's next chunk (and for its first) before
+    /// it gives up on the reply.
+    #[arg(long, env = "RESPONDER_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub responder_timeout_seconds: u64,
+
+    /// Replies streaming at once on this process, over all agents.
+    #[arg(long, env = "RESPONDER_CONCURRENCY", default_value_t = 32)]
+    pub responder_concurrency: usize,
+
+    /// Replies streaming at once for one agent on this process.
+    #[arg(long, env = "RESPONDER_AGENT_CONCURRENCY", default_value_t = 4)]
+    pub responder_agent_concurrency: usize,
 }
 
 impl Config {
@@ -169,6 +209,13 @@ impl Config {
             event_bus: Secret::new("postgres"),
             log_format: LogFormat::Pretty,
             shutdown_grace_seconds: 20,
+            webhook_allow_private: "false".into(),
+            webhook_timeout_seconds: 10,
+            webhook_retry_for: std::time::Duration::from_secs(24 * 3600),
+            webhook_max_backoff: std::time::Duration::from_secs(600),
+            responder_timeout_seconds: 30,
+            responder_concurrency: 32,
+            responder_agent_concurrency: 4,
         }
     }
 
@@ -186,7 +233,32 @@ impl Config {
         )
     }
 
-    /// The extra namespaces, normalised to start with `/`.
+    /// Which non-public addresses outbound calls (webhooks, responder providers) may
+    /// reach, from `WEBHOOK_ALLOW_PRIVATE`; an error names the variable.
+    pub fn private_targets(&self) -> anyhow::Result<PrivateTargets> {
+        let value = self.webhook_allow_private.trim();
+        match value.to_ascii_lowercase().as_str() {
+            "" | "false" | "0" | "no" => return Ok(PrivateTargets::None),
+            "true" | "1" | "yes" => return Ok(PrivateTargets::All),
+            _ => {}
+        }
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "WEBHOOK_ALLOW_PRIVATE must be true, false or a comma list of CIDR ranges; `{s}` is none of these"
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map(PrivateTargets::Ranges)
+    }
+
     /// The explicit origin list, or `None` when any origin is allowed (`*` or empty).
     pub fn allowed_origins(&self) -> Option<Vec<&str>> {
         let origins = self.cors_allowed_origins.trim();

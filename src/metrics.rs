@@ -134,3 +134,40 @@ pub fn bus_connected(engine: &'static str, up: bool) {
 pub fn bus_subscriptions(kind: &'static str, n: usize) {
     gauge!("colloquy_bus_subscriptions", "kind" => kind).set(n as f64);
 }
+
+/// A webhook delivery the endpoint accepted, `latency` after the event was committed.
+pub fn webhook_delivered(latency: Duration) {
+    counter!("colloquy_webhook_deliveries_total", "outcome" => "delivered").increment(1);
+    histogram!("colloquy_webhook_latency_seconds").record(latency.as_secs_f64());
+}
+
+/// A failed webhook attempt; `dead` when it was the last (a dead letter now).
+pub fn webhook_failed(dead: bool) {
+    let outcome = if dead { "dead" } else { "failed" };
+    counter!("colloquy_webhook_deliveries_total", "outcome" => outcome).increment(1);
+}
+
+/// The outbox: deliveries waiting, the oldest one's age, dead letters.
+pub fn webhook_queue(pending: i64, oldest_seconds: f64, dead: i64) {
+    gauge!("colloquy_webhook_queue_depth").set(pending as f64);
+    gauge!("colloquy_webhook_oldest_pending_seconds").set(oldest_seconds);
+    gauge!("colloquy_webhook_dead_letters").set(dead as f64);
+}
+
+/// How a responder's reply ended: `stored`, `dropped` or a `RESPONDER_*` code.
+pub fn responder_outcome(outcome: &'static str) {
+    counter!("colloquy_responder_replies_total", "outcome" => outcome).increment(1);
+}
+
+/// From the answered message's commit to the reply's first streamed delta.
+pub fn responder_first_delta(message_created: chrono::DateTime<chrono::Utc>) {
+    let latency = (chrono::Utc::now() - message_created)
+        .to_std()
+        .unwrap_or_default();
+    histogram!("colloquy_responder_first_delta_seconds").record(latency.as_secs_f64());
+}
+
+/// A whole reply, from its start to the stored message.
+pub fn responder_reply(elapsed: Duration) {
+    histogram!("colloquy_responder_reply_seconds").record(elapsed.as_secs_f64());
+}

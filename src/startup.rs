@@ -141,6 +141,7 @@ impl Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let verifier = Verifier::from_config(&config)?;
         let bus = Arc::new(realtime::bus::Status::new(&config.bus()?));
+        let outbound = crate::outbound::Guard::new(config.private_targets()?);
         let db = pool(&config)?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -159,7 +160,9 @@ impl Server {
         };
         let delivery_db = side_pool(&config, DELIVERY_CONNECTIONS, "colloquy-delivery")?;
         let events = Events::new();
-        let (writer, writers) = crate::core::writer::Writer::spawn(db.clone(), events.clone());
+        let responders = crate::responder::Registry::default();
+        let (writer, writers) =
+            crate::core::writer::Writer::spawn(db.clone(), events.clone(), responders.clone());
         let state = AppState {
             writer,
             summariser,
@@ -177,6 +180,8 @@ impl Server {
             ready: Arc::new(AtomicBool::new(false)),
             owner_claims: Default::default(),
             bus,
+            outbound,
+            responders,
         };
         let mut background = writers;
         background.push(tokio::spawn(migrate_with_retry(
@@ -217,6 +222,8 @@ impl Server {
             realtime::socketio::namespaces(&state),
         )?);
         background.extend(realtime::delivery::spawn(&state));
+        background.extend(crate::dispatch::spawn(&state)?);
+        background.extend(crate::responder::spawn(&state)?);
 
         let (api, spec) = http::api(state.clone());
         let app = Router::new()

@@ -41,6 +41,10 @@ pub struct AppState {
     pub owner_claims: OwnerClaims,
     /// The cross-process event bus's engine and connection (`/readyz`).
     pub bus: Arc<crate::realtime::bus::Status>,
+    /// Which addresses webhooks and responder providers may reach (`WEBHOOK_ALLOW_PRIVATE`).
+    pub outbound: crate::outbound::Guard,
+    /// Agents that answer by themselves, and the queue of stored messages they look at.
+    pub responders: crate::responder::Registry,
 }
 
 /// The (agent, owner) pairs from signed `owner` claims already written to the database,

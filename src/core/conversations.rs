@@ -365,16 +365,17 @@ pub async fn create(
     everyone.extend(others);
     let (added, _) = super::participants::insert_many(&mut tx, id, &everyone).await?;
     let conversation = fetch(&mut tx, &principal.id, id).await?;
+    let joined = super::participants::joined_events(
+        &mut tx,
+        id,
+        &conversation.platform_conversation_id,
+        &added,
+    )
+    .await?;
     tx.commit().await?;
     // Each participant's devices hear of it (the inbox channel's `conversationAdded`).
-    for participant in added {
-        state.events.publish(Event {
-            kind: EventKind::ParticipantJoined,
-            conversation_id: id,
-            room: conversation.platform_conversation_id.clone(),
-            data: json!({ "conversation_id": id, "participant": participant }),
-            origin: Default::default(),
-        });
+    for event in joined {
+        state.events.publish(event);
     }
     Ok(Created {
         conversation,
@@ -671,19 +672,28 @@ pub async fn update(
     .execute(&mut *tx)
     .await?;
     let conversation = fetch(&mut tx, &principal.id, id).await?;
-    tx.commit().await?;
-    publish_updated(state, &access, &conversation);
+    commit_updated(state, tx, &access, &conversation).await?;
     Ok(conversation)
 }
 
-fn publish_updated(state: &AppState, access: &Access, conversation: &Conversation) {
-    state.events.publish(Event {
+/// Records `conversation.updated` for webhooks, commits, then announces it.
+async fn commit_updated(
+    state: &AppState,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    access: &Access,
+    conversation: &Conversation,
+) -> AppResult<()> {
+    let event = Event {
         kind: EventKind::ConversationUpdated,
         conversation_id: access.conversation_id,
         room: access.room.clone(),
         data: serde_json::to_value(conversation).unwrap_or(Value::Null),
         origin: Default::default(),
-    });
+    };
+    super::webhooks::record_event(&mut tx, &event, None).await?;
+    tx.commit().await?;
+    state.events.publish(event);
+    Ok(())
 }
 
 pub async fn delete(state: &AppState, principal: &Principal, id: Uuid) -> AppResult<()> {
@@ -726,8 +736,7 @@ pub async fn set_archived(
     .execute(&mut *tx)
     .await?;
     let conversation = fetch(&mut tx, &principal.id, id).await?;
-    tx.commit().await?;
-    publish_updated(state, &access, &conversation);
+    commit_updated(state, tx, &access, &conversation).await?;
     Ok(conversation)
 }
 

@@ -24,6 +24,11 @@ pub enum EventKind {
     ConversationDeleted,
     ParticipantJoined,
     ParticipantLeft,
+    /// A responder's reply as it streams: `{conversation_id, stream_id, delta, …}` (not
+    /// stored; the whole reply is stored as a message when it ends).
+    MessageStream,
+    /// A responder's reply failed: `{code, message, conversation_id, stream_id, …}`.
+    StreamError,
     /// Internal, never sent to clients nor relayed: the bus may have missed a removal
     /// (it reconnected, or this process only now subscribed to the conversation), so
     /// the transports check again who may still read the conversation (the nil id: every

@@ -256,6 +256,8 @@ async fn upsert_owner(
     .bind(name)
     .fetch_one(db)
     .await?;
+    // Webhooks a former owner registered for this agent stop with the ownership.
+    super::webhooks::deactivate_for_new_owner(db, agent_id, owner_id).await?;
     Ok((row.agent, row.is_new))
 }
 

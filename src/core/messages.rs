@@ -487,6 +487,7 @@ pub async fn edit(
     }
     let access = Access::load(&state.db, principal, current.conversation_id).await?;
     access.require_active()?;
+    let mut tx = state.db.begin().await?;
     let updated = sqlx::query(
         r#"
         UPDATE messages
@@ -499,7 +500,7 @@ pub async fn edit(
     )
     .bind(id)
     .bind(&input.text)
-    .execute(&state.db)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if updated == 0 {
@@ -508,8 +509,11 @@ pub async fn edit(
             message: "a deleted message cannot be edited".into(),
         });
     }
-    let message = fetch(&state.db, id).await?;
-    publish(state, EventKind::MessageUpdated, &access.room, &message);
+    let message = fetch(&mut *tx, id).await?;
+    let event = event(EventKind::MessageUpdated, &access.room, &message);
+    super::webhooks::record_event(&mut tx, &event, None).await?;
+    tx.commit().await?;
+    state.events.publish(event);
     Ok(message)
 }
 
@@ -540,18 +544,21 @@ pub async fn delete(state: &AppState, principal: &Principal, id: Uuid) -> AppRes
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    let message = fetch(&mut *tx, id).await?;
+    let event = event(EventKind::MessageDeleted, &access.room, &message);
+    super::webhooks::record_event(&mut tx, &event, None).await?;
     tx.commit().await?;
-    let message = fetch(&state.db, id).await?;
-    publish(state, EventKind::MessageDeleted, &access.room, &message);
+    state.events.publish(event);
     Ok(message)
 }
 
-pub(crate) fn publish(state: &AppState, kind: EventKind, room: &str, message: &Message) {
-    state.events.publish(Event {
+/// The event announcing a change to `message` (publish it after the commit).
+pub(crate) fn event(kind: EventKind, room: &str, message: &Message) -> Event {
+    Event {
         kind,
         conversation_id: message.conversation_id,
         room: room.to_owned(),
         data: serde_json::to_value(message).unwrap_or(Value::Null),
         origin: Origin::default(),
-    });
+    }
 }

@@ -11,8 +11,10 @@ pub mod messages;
 pub mod participants;
 pub mod reactions;
 pub mod reads;
+pub mod responders;
 pub mod summary;
 pub mod validate;
+pub mod webhooks;
 pub mod writer;
 
 use serde::Serialize;

@@ -127,15 +127,19 @@ pub async fn add(
     input.validate()?;
     let access = Access::load(&state.db, principal, id).await?;
     access.require_manage("add participants")?;
-    let mut conn = state.db.acquire().await?;
-    if let Some(participant) = insert(&mut conn, id, &input).await? {
-        state.events.publish(Event {
-            kind: EventKind::ParticipantJoined,
-            conversation_id: id,
-            room: access.room,
-            data: json!({ "conversation_id": id, "participant": participant }),
-            origin: Default::default(),
-        });
+    let mut tx = state.db.begin().await?;
+    if let Some(participant) = insert(&mut tx, id, &input).await? {
+        let joined = joined_events(
+            &mut tx,
+            id,
+            &access.room,
+            std::slice::from_ref(&participant),
+        )
+        .await?;
+        tx.commit().await?;
+        for event in joined {
+            state.events.publish(event);
+        }
         return Ok(Added {
             participant,
             is_new: true,
@@ -149,8 +153,9 @@ pub async fn add(
     )
     .bind(id)
     .bind(&input.participant_id)
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(Added {
         participant,
         is_new: false,
@@ -210,16 +215,12 @@ pub async fn add_many(
     }
     let access = Access::load(&state.db, principal, id).await?;
     access.require_manage("add participants")?;
-    let mut conn = state.db.acquire().await?;
-    let (added, named) = insert_many(&mut conn, id, &input.participants).await?;
-    for participant in &added {
-        state.events.publish(Event {
-            kind: EventKind::ParticipantJoined,
-            conversation_id: id,
-            room: access.room.clone(),
-            data: json!({ "conversation_id": id, "participant": participant }),
-            origin: Default::default(),
-        });
+    let mut tx = state.db.begin().await?;
+    let (added, named) = insert_many(&mut tx, id, &input.participants).await?;
+    let joined = joined_events(&mut tx, id, &access.room, &added).await?;
+    tx.commit().await?;
+    for event in joined {
+        state.events.publish(event);
     }
     Ok(AddedBatch {
         already_present: named.saturating_sub(added.len()),
@@ -299,13 +300,42 @@ pub async fn remove(
     if removed == 0 {
         return Err(AppError::NotFound("participant"));
     }
-    tx.commit().await?;
-    state.events.publish(Event {
+    let event = Event {
         kind: EventKind::ParticipantLeft,
         conversation_id: id,
         room: access.room,
         data: json!({ "conversation_id": id, "participant_id": participant_id }),
         origin: Default::default(),
-    });
+    };
+    super::webhooks::record_event(&mut tx, &event, Some(participant_id)).await?;
+    tx.commit().await?;
+    state.events.publish(event);
     Ok(())
+}
+
+/// The `participant.joined` events for `added`, recorded for webhooks in the caller's
+/// transaction; publish them after it commits.
+pub(crate) async fn joined_events(
+    conn: &mut PgConnection,
+    conversation_id: Uuid,
+    room: &str,
+    added: &[Participant],
+) -> AppResult<Vec<Event>> {
+    let events: Vec<Event> = added
+        .iter()
+        .map(|participant| Event {
+            kind: EventKind::ParticipantJoined,
+            conversation_id,
+            room: room.to_owned(),
+            data: json!({ "conversation_id": conversation_id, "participant": participant }),
+            origin: Default::default(),
+        })
+        .collect();
+    let recorded: Vec<(&Event, Option<&str>)> = events
+        .iter()
+        .zip(added)
+        .map(|(e, p)| (e, Some(p.participant_id.as_str())))
+        .collect();
+    super::webhooks::record(conn, &recorded).await?;
+    Ok(events)
 }

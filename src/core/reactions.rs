@@ -82,9 +82,14 @@ pub async fn add(
         recount(&mut tx, message_id, emoji).await?;
     }
     let message = messages::fetch(&mut *tx, message_id).await?;
+    let event =
+        inserted.then(|| messages::event(EventKind::ReactionUpdated, &access.room, &message));
+    if let Some(event) = &event {
+        super::webhooks::record_event(&mut tx, event, None).await?;
+    }
     tx.commit().await?;
-    if inserted {
-        messages::publish(state, EventKind::ReactionUpdated, &access.room, &message);
+    if let Some(event) = event {
+        state.events.publish(event);
     }
     Ok((message, inserted))
 }
@@ -116,8 +121,10 @@ pub async fn remove(
     }
     recount(&mut tx, message_id, emoji).await?;
     let message = messages::fetch(&mut *tx, message_id).await?;
+    let event = messages::event(EventKind::ReactionUpdated, &access.room, &message);
+    super::webhooks::record_event(&mut tx, &event, None).await?;
     tx.commit().await?;
-    messages::publish(state, EventKind::ReactionUpdated, &access.room, &message);
+    state.events.publish(event);
     Ok(message)
 }
 

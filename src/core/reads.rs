@@ -63,24 +63,28 @@ pub async fn mark_read(
         return Err(AppError::invalid_field("up_to_seq", "must not be negative"));
     }
     let access = Access::load(&state.db, principal, conversation_id).await?;
-    let row: Option<(i64, i64)> = sqlx::query_as(
+    let mut tx = state.db.begin().await?;
+    // `before` is the row as it was (the statement's snapshot): only a horizon that moved
+    // is an event for webhooks.
+    let row: Option<(i64, i64, i64)> = sqlx::query_as(
         r#"
         UPDATE participants p
         SET last_read_seq = greatest(p.last_read_seq, least(coalesce($3, c.last_seq), c.last_seq))
-        FROM conversations c
+        FROM conversations c, participants before
         WHERE p.conversation_id = $1 AND p.participant_id = $2 AND c.id = p.conversation_id
-        RETURNING p.last_read_seq, c.last_seq
+          AND before.conversation_id = p.conversation_id AND before.participant_id = p.participant_id
+        RETURNING p.last_read_seq, c.last_seq, before.last_read_seq
         "#,
     )
     .bind(conversation_id)
     .bind(&user_id)
     .bind(input.up_to_seq)
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?;
-    let (last_read_seq, last_seq) = row.ok_or(AppError::Forbidden(
+    let (last_read_seq, last_seq, before) = row.ok_or(AppError::Forbidden(
         "only participants have a read state in this conversation".into(),
     ))?;
-    state.events.publish(Event {
+    let event = Event {
         kind: EventKind::MessagesRead,
         conversation_id,
         room: access.room,
@@ -90,7 +94,12 @@ pub async fn mark_read(
             "last_read_seq": last_read_seq,
         }),
         origin,
-    });
+    };
+    if last_read_seq > before {
+        super::webhooks::record_event(&mut tx, &event, None).await?;
+    }
+    tx.commit().await?;
+    state.events.publish(event);
     Ok(ReadState {
         conversation_id,
         user_id,

@@ -81,11 +81,23 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer tasks on `db`; they announce what they store on `events`.
-    pub fn spawn(db: PgPool, events: Events) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+    /// Stored messages also go to `responders` (agents that answer by themselves).
+    pub fn spawn(
+        db: PgPool,
+        events: Events,
+        responders: crate::responder::Registry,
+    ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
         let (queue, rx) = mpsc::channel::<Job>(MAX_BATCH * WRITERS * 4);
         let rx = Arc::new(Mutex::new(rx));
         let tasks = (0..WRITERS)
-            .map(|_| tokio::spawn(run(db.clone(), events.clone(), rx.clone())))
+            .map(|_| {
+                tokio::spawn(run(
+                    db.clone(),
+                    events.clone(),
+                    responders.clone(),
+                    rx.clone(),
+                ))
+            })
             .collect();
         (Self { queue }, tasks)
     }
@@ -119,7 +131,12 @@ fn unreachable_database(e: &sqlx::Error) -> bool {
     }
 }
 
-async fn run(db: PgPool, events: Events, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn run(
+    db: PgPool,
+    events: Events,
+    responders: crate::responder::Registry,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
         {
@@ -162,9 +179,11 @@ async fn run(db: PgPool, events: Events, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
                 Some(row) => Ok(Some(row)),
                 None => insert_one(&db, &job.draft).await,
             };
-            let _ = job
-                .reply
-                .send(result.map(|row| row.map(|row| announce(&events, &job.draft, row))));
+            let result = result.map(|row| row.map(|row| announce(&events, &job.draft, row)));
+            if let Ok(Some(message)) = &result {
+                responders.stored(message);
+            }
+            let _ = job.reply.send(result);
         }
     }
 }
@@ -220,7 +239,7 @@ async fn store<'e>(
             drafts.iter().map(|d| d.$field.clone()).collect::<Vec<_>>()
         };
     }
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         r#"
         WITH input AS (
             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
@@ -276,14 +295,25 @@ async fn store<'e>(
             ORDER BY conv, sender_id, seq DESC
             ON CONFLICT (conversation_id, participant_id)
             DO UPDATE SET last_read_seq = greatest(participants.last_read_seq, excluded.last_read_seq)
+        ), hooks AS (
+            -- The webhook outbox (contract §8): one delivery per matching endpoint, in the
+            -- statement that commits the message. Numbered in seq order while the
+            -- conversation row is locked, so each endpoint's queue follows the log.
+            INSERT INTO webhook_deliveries
+                (webhook_id, conversation_id, event_type, message_id, occurred_at)
+            SELECT w.id, m.conversation_id, 'message.created', m.id, m.created_at
+            FROM m JOIN webhooks w ON "#,
+        crate::core::webhooks::endpoint_matches!("'message.created'", "m.conversation_id", "NULL"),
+        r#"
+            ORDER BY m.conversation_id, m.seq, w.id
         )
         SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.sender_name, m.sender_type, m.text,
                m.client_message_id, m.platform_context, m.attachments, m.metadata, m.thread_id,
                m.reactions, m.edit_history, m.created_at, m.updated_at, m.deleted_at,
                NULL::bigint AS read_horizon, numbered.room
         FROM m JOIN numbered ON numbered.id = m.id
-        "#,
-    )
+        "#
+    ))
     .bind(column!(conversation_id))
     .bind(column!(id))
     .bind(column!(sender_id))

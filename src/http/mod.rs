@@ -2,6 +2,7 @@
 
 mod conversations;
 mod health;
+mod hooks;
 mod insights;
 mod messages;
 pub mod openapi;
@@ -343,6 +344,7 @@ pub fn api(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(participants::router())
         .merge(messages::router())
         .merge(insights::router())
+        .merge(hooks::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         // REST only: Socket.IO long-polling holds requests open for the ping interval,
         // and websockets must not be compressed or cut.

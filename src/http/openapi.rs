@@ -28,6 +28,7 @@ use crate::core::validate;
     tags(
         (name = "conversations"), (name = "participants"), (name = "messages"),
         (name = "intelligence", description = "summaries, analytics, search, inbox, agents"),
+        (name = "webhooks", description = "webhooks and agent responders"),
         (name = "operations"),
     )
 )]

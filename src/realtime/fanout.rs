@@ -73,6 +73,8 @@ pub fn socket_events(event: &Event) -> Vec<(&'static str, Value, bool)> {
         }
         EventKind::ParticipantJoined => vec![("participantJoined", d.clone(), true)],
         EventKind::ParticipantLeft => vec![("participantLeft", d.clone(), true)],
+        EventKind::MessageStream => vec![("messageStream", d.clone(), true)],
+        EventKind::StreamError => vec![("error", d.clone(), true)],
         EventKind::AccessChanged => vec![],
     }
 }

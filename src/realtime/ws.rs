@@ -182,6 +182,14 @@ fn frames_for(event: &Event, session: &str, me: &str) -> Vec<Value> {
         EventKind::Typing if d["user_id"] != me => vec![json!({
             "type": "typing", "session_id": session, "user_id": d["user_id"], "is_typing": d["is_typing"],
         })],
+        EventKind::MessageStream => vec![json!({
+            "type": "messageStream", "session_id": session, "conversation_id": event.conversation_id,
+            "stream_id": d["stream_id"], "agent_id": d["agent_id"], "index": d["index"], "delta": d["delta"],
+        })],
+        EventKind::StreamError => vec![json!({
+            "type": "error", "session_id": session, "code": d["code"], "message": d["message"],
+            "stream_id": d["stream_id"], "agent_id": d["agent_id"],
+        })],
         _ => vec![],
     }
 }

@@ -1,0 +1,499 @@
+//! Sends the webhook outbox (contract §8).
+//!
+//! Every process runs one dispatcher. A dispatcher **claims** work in a short transaction
+//! under a cluster-wide advisory lock: for each (endpoint, conversation) queue whose head
+//! is due and not leased, it leases up to [`PER_QUEUE`] consecutive deliveries. One task per
+//! claimed queue then sends them in order; a failure gives that delivery its backoff and
+//! releases the rest, so the queue waits (in order) while other queues and endpoints go on.
+//! Delivered rows are deleted in batches. A process that dies mid-send leaves leases that
+//! expire: the deliveries go out again with the same id (at least once, never two
+//! processes at a time).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::{Semaphore, mpsc};
+use uuid::Uuid;
+
+use crate::{
+    core::messages::{Message, Row, message_select},
+    state::AppState,
+};
+
+/// Queues (endpoint × conversation) sending at once on one process.
+const QUEUES_IN_FLIGHT: usize = 32;
+/// Of those, at most this many for one endpoint: a slow endpoint cannot take every slot.
+const QUEUES_PER_ENDPOINT: usize = 8;
+/// Deliveries leased from one queue per claim.
+const PER_QUEUE: i64 = 100;
+/// Shortest gap between two claims while work keeps arriving (batches form meanwhile).
+const CLAIM_SPACING: Duration = Duration::from_millis(15);
+/// Looks for due retries and other processes' work at least this often.
+const POLL: Duration = Duration::from_secs(1);
+/// The cluster-wide lock claims take (one short transaction each).
+const CLAIM_LOCK: i64 = 0x636f_6c6c_6f71_7701;
+
+/// Signs `body` as sent at `t`: `t=<unix>,v1=<hex HMAC-SHA256(secret, "t.body")>`.
+pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
+    // HMAC takes a key of any length.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    pos: i64,
+    id: Uuid,
+    webhook_id: Uuid,
+    conversation_id: Uuid,
+    event_type: String,
+    message_id: Option<Uuid>,
+    data: Option<Value>,
+    occurred_at: DateTime<Utc>,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    url: String,
+    secret: String,
+}
+
+struct Dispatcher {
+    state: AppState,
+    client: reqwest::Client,
+    lease: Duration,
+    slots: Arc<Semaphore>,
+    busy: Arc<Mutex<HashMap<Uuid, usize>>>,
+    delivered: mpsc::Sender<(i64, Uuid)>,
+}
+
+/// Starts the dispatcher, its finisher (deletes delivered rows in batches) and the queue
+/// gauges.
+pub fn spawn(state: &AppState) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let timeout = Duration::from_secs(state.config.webhook_timeout_seconds.max(1));
+    let client = state.outbound.client(Some(timeout))?;
+    let (delivered, finished) = mpsc::channel(8192);
+    let dispatcher = Arc::new(Dispatcher {
+        state: state.clone(),
+        client,
+        lease: (timeout * 3).max(Duration::from_secs(30)),
+        slots: Arc::new(Semaphore::new(QUEUES_IN_FLIGHT)),
+        busy: Default::default(),
+        delivered,
+    });
+    Ok(vec![
+        tokio::spawn(run(dispatcher)),
+        tokio::spawn(finish(state.clone(), finished)),
+        tokio::spawn(gauges(state.clone())),
+    ])
+}
+
+async fn run(d: Arc<Dispatcher>) {
+    let mut events = d.state.events.subscribe();
+    let mut last_claim = Instant::now() - CLAIM_SPACING;
+    let mut more = true;
+    loop {
+        if !more {
+            // Wait for a committed event (here or, through the bus, elsewhere) or the poll.
+            tokio::select! {
+                _ = d.state.shutdown.cancelled() => return,
+                _ = events.recv() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+        if d.state.shutdown.is_cancelled() {
+            return;
+        }
+        let since = last_claim.elapsed();
+        if since < CLAIM_SPACING {
+            tokio::time::sleep(CLAIM_SPACING - since).await;
+        }
+        // Everything announced so far is covered by this claim.
+        while events.try_recv().is_ok() {}
+        last_claim = Instant::now();
+        if !d.state.is_ready() {
+            more = false;
+            continue;
+        }
+        more = match d.clone().claim_and_send().await {
+            Ok(full) => full,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook claim failed; retrying");
+                tokio::time::sleep(POLL).await;
+                false
+            }
+        };
+    }
+}
+
+impl Dispatcher {
+    /// Claims due queues and starts their senders; `true` when there may be more now.
+    async fn claim_and_send(self: Arc<Self>) -> anyhow::Result<bool> {
+        let free = self.slots.available_permits();
+        if free == 0 {
+            // Senders are all busy; one finishing frees a slot (polled).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Ok(false);
+        }
+        let busy: Vec<Uuid> = self
+            .busy
+            .lock()
+            .map(|b| {
+                b.iter()
+                    .filter(|(_, n)| **n >= QUEUES_PER_ENDPOINT)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rows = self.claim(&busy, free as i64).await?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let mut queues: Vec<Vec<Claimed>> = Vec::new();
+        let mut index: HashMap<(Uuid, Uuid), usize> = HashMap::new();
+        let messages = self.render(&rows).await?;
+        let messages = Arc::new(messages);
+        for row in rows {
+            let key = (row.webhook_id, row.conversation_id);
+            let at = *index.entry(key).or_insert_with(|| {
+                queues.push(Vec::new());
+                queues.len() - 1
+            });
+            queues[at].push(row);
+        }
+        let full = queues.len() >= free;
+        for mut queue in queues {
+            queue.sort_by_key(|r| r.pos);
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                // Not sent now: give the lease back so the queue is due again at once.
+                self.release(&queue.iter().map(|r| r.pos).collect::<Vec<_>>())
+                    .await;
+                continue;
+            };
+            let webhook = queue[0].webhook_id;
+            if let Ok(mut busy) = self.busy.lock() {
+                *busy.entry(webhook).or_default() += 1;
+            }
+            let d = self.clone();
+            let messages = messages.clone();
+            tokio::spawn(async move {
+                d.send_queue(queue, &messages).await;
+                if let Ok(mut busy) = d.busy.lock()
+                    && let Some(n) = busy.get_mut(&webhook)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        busy.remove(&webhook);
+                    }
+                }
+                drop(permit);
+            });
+        }
+        Ok(full)
+    }
+
+    /// Leases the due queues' next deliveries, under the cluster-wide claim lock: a claim
+    /// sees every earlier claim's leases, so no queue is ever sent by two processes.
+    async fn claim(&self, busy: &[Uuid], queues: i64) -> sqlx::Result<Vec<Claimed>> {
+        let mut tx = self.state.db.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CLAIM_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query_as(
+            r#"
+            WITH heads AS (
+                SELECT DISTINCT ON (webhook_id, conversation_id)
+                       webhook_id, conversation_id, pos, next_attempt_at, leased_until
+                FROM webhook_deliveries WHERE state = 'pending'
+                ORDER BY webhook_id, conversation_id, pos
+            ), ready AS (
+                SELECT h.webhook_id, h.conversation_id FROM heads h
+                JOIN webhooks w ON w.id = h.webhook_id AND w.active
+                WHERE h.next_attempt_at <= now()
+                  AND (h.leased_until IS NULL OR h.leased_until < now())
+                  AND NOT (h.webhook_id = ANY($1))
+                ORDER BY h.next_attempt_at, h.pos
+                LIMIT $2
+            ), picked AS (
+                SELECT q.pos FROM ready r CROSS JOIN LATERAL (
+                    SELECT d.pos FROM webhook_deliveries d
+                    WHERE d.state = 'pending' AND d.webhook_id = r.webhook_id
+                      AND d.conversation_id = r.conversation_id
+                    ORDER BY d.pos LIMIT $3
+                ) q
+            )
+            UPDATE webhook_deliveries d
+            SET leased_until = now() + $4 * interval '1 millisecond'
+            FROM picked, webhooks w
+            WHERE d.pos = picked.pos AND w.id = d.webhook_id
+            RETURNING d.pos, d.id, d.webhook_id, d.conversation_id, d.event_type, d.message_id,
+                      d.data, d.occurred_at, d.attempts, d.created_at, w.url, w.secret
+            "#,
+        )
+        .bind(busy)
+        .bind(queues)
+        .bind(PER_QUEUE)
+        .bind(self.lease.as_millis() as f64)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// The messages message events name, as the REST API shows them now.
+    async fn render(&self, rows: &[Claimed]) -> sqlx::Result<HashMap<Uuid, Value>> {
+        let ids: Vec<Uuid> = rows.iter().filter_map(|r| r.message_id).collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let found: Vec<Row> = sqlx::query_as(concat!(message_select!(), "WHERE m.id = ANY($1)"))
+            .bind(&ids)
+            .fetch_all(&self.state.db)
+            .await?;
+        Ok(found
+            .into_iter()
+            .map(|row| {
+                let message = Message::from(row);
+                let value = serde_json::to_value(&message).unwrap_or(Value::Null);
+                (message.id, value)
+            })
+            .collect())
+    }
+
+    async fn send_queue(&self, queue: Vec<Claimed>, messages: &HashMap<Uuid, Value>) {
+        let started = Instant::now();
+        for (i, row) in queue.iter().enumerate() {
+            if self.state.shutdown.is_cancelled() || started.elapsed() > self.lease / 2 {
+                // The rest goes in a later claim (by any process), still in order.
+                self.release(&queue[i..].iter().map(|r| r.pos).collect::<Vec<_>>())
+                    .await;
+                return;
+            }
+            let data = match row.message_id {
+                Some(id) => messages
+                    .get(&id)
+                    .cloned()
+                    // The message is gone with its conversation.
+                    .unwrap_or_else(|| json!({ "id": id, "conversation_id": row.conversation_id })),
+                None => row.data.clone().unwrap_or(Value::Null),
+            };
+            let body = json!({
+                "id": row.id,
+                "type": row.event_type,
+                "conversation_id": row.conversation_id,
+                "occurred_at": row.occurred_at,
+                "data": data,
+            });
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            match self.post(row, body).await {
+                Ok(()) => {
+                    crate::metrics::webhook_delivered(
+                        (Utc::now() - row.occurred_at).to_std().unwrap_or_default(),
+                    );
+                    if self
+                        .delivered
+                        .send((row.pos, row.webhook_id))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err((status, error)) => {
+                    self.failed(row, status, &error).await;
+                    self.release(&queue[i + 1..].iter().map(|r| r.pos).collect::<Vec<_>>())
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn post(&self, row: &Claimed, body: Vec<u8>) -> Result<(), (Option<i32>, String)> {
+        let t = Utc::now().timestamp();
+        let signature = signature(&row.secret, t, &body);
+        let response = self
+            .client
+            .post(&row.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("x-colloquy-signature", signature)
+            .header("x-colloquy-delivery", row.id.to_string())
+            .header("x-colloquy-event", &row.event_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| (None, describe(&e)))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err((
+                Some(i32::from(status.as_u16())),
+                format!("the endpoint answered {status}"),
+            ))
+        }
+    }
+
+    /// Schedules the next attempt with backoff (about 1 s, doubling, jittered, at most
+    /// `WEBHOOK_MAX_BACKOFF`), or parks the delivery as a dead letter once the next attempt
+    /// would fall past `WEBHOOK_RETRY_FOR` after it was first due.
+    async fn failed(&self, row: &Claimed, status: Option<i32>, error: &str) {
+        let config = &self.state.config;
+        let exponent = u32::try_from(row.attempts.clamp(0, 30)).unwrap_or(30);
+        let base = Duration::from_secs(1).saturating_mul(2u32.saturating_pow(exponent));
+        let base = base.min(config.webhook_max_backoff);
+        let delay = base.mul_f64(rand::rng().random_range(0.75..1.25));
+        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let retry_for = chrono::Duration::from_std(config.webhook_retry_for).unwrap_or_default();
+        let dead = due > row.created_at + retry_for;
+        crate::metrics::webhook_failed(dead);
+        tracing::debug!(webhook = %row.webhook_id, delivery = %row.id, error, dead, "webhook delivery failed");
+        let result = sqlx::query(
+            r#"
+            WITH d AS (
+                UPDATE webhook_deliveries
+                SET attempts = attempts + 1, last_status = $2, last_error = $3,
+                    leased_until = NULL, next_attempt_at = $4,
+                    state = CASE WHEN $5 THEN 'dead' ELSE 'pending' END
+                WHERE pos = $1
+                RETURNING webhook_id
+            )
+            UPDATE webhooks SET last_failure_at = now(), last_error = $3
+            WHERE id IN (SELECT webhook_id FROM d)
+            "#,
+        )
+        .bind(row.pos)
+        .bind(status)
+        .bind(error)
+        .bind(due)
+        .bind(dead)
+        .execute(&self.state.db)
+        .await;
+        if let Err(e) = result {
+            // The lease runs out and the delivery is tried again then.
+            tracing::warn!(error = %e, "could not record a webhook failure");
+        }
+    }
+
+    async fn release(&self, positions: &[i64]) {
+        if positions.is_empty() {
+            return;
+        }
+        let result =
+            sqlx::query("UPDATE webhook_deliveries SET leased_until = NULL WHERE pos = ANY($1)")
+                .bind(positions)
+                .execute(&self.state.db)
+                .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not release webhook deliveries; their lease runs out");
+        }
+    }
+}
+
+/// What went wrong, without the URL's query (it may carry a token).
+fn describe(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_redirect() {
+        "redirect refused"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}: {detail}")
+    }
+}
+
+/// Deletes delivered rows in batches (and notes the endpoints' last success).
+async fn finish(state: AppState, mut delivered: mpsc::Receiver<(i64, Uuid)>) {
+    let mut batch = Vec::with_capacity(1024);
+    loop {
+        if delivered.recv_many(&mut batch, 1024).await == 0 {
+            return;
+        }
+        let positions: Vec<i64> = batch.iter().map(|(p, _)| *p).collect();
+        let mut endpoints: Vec<Uuid> = batch.iter().map(|(_, w)| *w).collect();
+        endpoints.sort();
+        endpoints.dedup();
+        batch.clear();
+        let result = sqlx::query(
+            r#"
+            WITH gone AS (DELETE FROM webhook_deliveries WHERE pos = ANY($1))
+            UPDATE webhooks SET last_success_at = now()
+            WHERE id = ANY($2) AND (last_success_at IS NULL OR last_success_at < now() - interval '5 seconds')
+            "#,
+        )
+        .bind(&positions)
+        .bind(&endpoints)
+        .execute(&state.db)
+        .await;
+        if let Err(e) = result {
+            // Their leases run out and they are sent again, with the same ids.
+            tracing::warn!(error = %e, count = positions.len(), "could not record delivered webhooks");
+        }
+    }
+}
+
+/// Queue depth, oldest undelivered age and dead letters, every few seconds.
+async fn gauges(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        if !state.is_ready() {
+            continue;
+        }
+        let row: Result<(i64, Option<f64>, i64), _> = sqlx::query_as(
+            r#"
+            SELECT count(*) FILTER (WHERE state = 'pending'),
+                   extract(epoch FROM now() - min(occurred_at) FILTER (WHERE state = 'pending'))::float8,
+                   count(*) FILTER (WHERE state = 'dead')
+            FROM webhook_deliveries
+            "#,
+        )
+        .fetch_one(&state.delivery_db)
+        .await;
+        if let Ok((pending, oldest, dead)) = row {
+            crate::metrics::webhook_queue(pending, oldest.unwrap_or(0.0), dead);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_of_t_dot_body() {
+        // Computed independently: printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac whsec_test
+        assert_eq!(
+            signature("whsec_test", 1_700_000_000, br#"{"a":1}"#),
+            "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789"
+        );
+    }
+}
