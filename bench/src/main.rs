@@ -1,6 +1,7 @@
 //! `colloquy-bench`: load scenarios against any server that implements the Colloquy
 //! contract, printed as one markdown table. See `docs/benchmarks.md`.
 
+mod agents;
 mod cluster;
 mod data;
 mod delivery;
@@ -36,7 +37,8 @@ pub struct Args {
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Comma list of: steady, fanout, idle, history, limit, cluster (not in the default:
-    /// it starts its own processes, see `--colloquy-bin`).
+    /// it starts its own processes, see `--colloquy-bin`), webhook and responder (not in
+    /// the default: the server needs `WEBHOOK_ALLOW_PRIVATE=true` to reach this tool).
     #[arg(long, default_value = "steady,fanout,idle,history,limit")]
     pub scenarios: String,
     /// Measured time of each timed scenario.
@@ -277,6 +279,8 @@ async fn main() -> anyhow::Result<ExitCode> {
             "history" => data::history(&ctx).await,
             "limit" => data::limit(&ctx).await,
             "cluster" => cluster::run(&ctx).await,
+            "webhook" => agents::webhook(&ctx).await.map(|r| vec![r]),
+            "responder" => agents::responder(&ctx).await.map(|r| vec![r]),
             other => bail!("unknown scenario {other}"),
         };
         match result {

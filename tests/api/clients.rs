@@ -105,3 +105,37 @@ async fn the_official_python_client_resumes_after_a_drop_and_hears_its_inbox() {
     let app = spawn_app().await;
     run_resume_script(&app, python("resume.py")).await;
 }
+
+#[tokio::test]
+async fn the_official_node_client_sees_a_responder_stream_then_the_reply_and_complete() {
+    use colloquy::auth::PrincipalKind;
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+
+    let app = crate::helpers::spawn_app_with(|c| c.webhook_allow_private = "true".into()).await;
+    let provider = crate::receiver::Provider::start().await;
+    let admin = crate::helpers::token_of("root", PrincipalKind::User, true);
+    let (s, body) = app
+        .request(
+            Method::PUT,
+            &crate::helpers::api("/agents/helper/responder"),
+            Some(&admin),
+            Some(json!({ "model": "slow", "base_url": provider.base_url() })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, body) = app
+        .post(
+            &crate::helpers::api("/conversations"),
+            &token("alice"),
+            json!({ "participants": [{ "participant_id": "helper", "participant_type": "agent" }] }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let cid = body["conversation_id"].as_str().unwrap().to_owned();
+    let (program, script) = node("responder.mjs");
+    print!(
+        "{}",
+        run_client(&app, &program, &script, vec![("CONVERSATION_ID", cid)]).await
+    );
+}

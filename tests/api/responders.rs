@@ -312,3 +312,41 @@ async fn responders_answer_users_only_never_agents_or_themselves() {
     assert_eq!(provider.requests().len(), 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_process_killed_mid_stream_stores_no_half_reply() {
+    let provider = Provider::start().await;
+    let env = [
+        ("WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("RESPONDER_TIMEOUT_SECONDS", "60"),
+    ];
+    let process = crate::hostile::Process::start(&env).await;
+    let app = process.app();
+    let (s, body) = set_responder(
+        &app,
+        &admin(),
+        "helper",
+        json!({ "model": "stall", "base_url": provider.base_url() }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let conv = with_agent(&app, "alice", &["helper"]).await;
+    let mut sio = Sio::connect(&app, Some(&token("alice"))).await.unwrap();
+    sio.call("join", json!({ "conversation_id": conv })).await;
+    app.send("alice", &conv, "think hard").await;
+    // The first delta went out: the reply is mid-stream.
+    let delta = sio
+        .next_event("messageStream", 5000)
+        .await
+        .expect("a delta");
+    assert_eq!(delta["delta"], "Thinking");
+    process.signal("KILL");
+    let database_url = process.database_url.clone();
+    drop(process);
+    let again = crate::hostile::Process::start_on(database_url, &env).await;
+    let app = again.app();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let h = history(&app, &conv).await;
+    assert_eq!(h.len(), 1, "only the user's message: {h:?}");
+    assert_eq!(h[0]["sender_id"], "alice");
+}
