@@ -30,7 +30,9 @@ COMMENT ON TABLE webhooks IS
 CREATE TABLE webhook_deliveries (
     pos              bigserial PRIMARY KEY,
     id               uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE,
-    webhook_id       uuid NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    -- No foreign key: each send would take a share lock on the endpoint's row, and
+    -- deleting an endpoint would stall sends. The dispatcher sweeps orphans.
+    webhook_id       uuid NOT NULL,
     conversation_id  uuid NOT NULL,
     event_type       text NOT NULL,
     -- Message events name the message; it is rendered as the REST API shows it when sent.

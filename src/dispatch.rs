@@ -107,10 +107,18 @@ async fn run(d: Arc<Dispatcher>) {
     loop {
         if !more {
             // Wait for a committed event (here or, through the bus, elsewhere) or the poll.
-            tokio::select! {
-                _ = d.state.shutdown.cancelled() => return,
-                _ = events.recv() => {}
-                _ = tokio::time::sleep(POLL) => {}
+            let poll = tokio::time::sleep(POLL);
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    _ = d.state.shutdown.cancelled() => return,
+                    event = events.recv() => match event {
+                        // Typing and stream deltas write no deliveries.
+                        Ok(e) if crate::core::webhooks::event_type(e.kind).is_none() => continue,
+                        _ => break,
+                    },
+                    _ = &mut poll => break,
+                }
             }
         }
         if d.state.shutdown.is_cancelled() {
@@ -219,13 +227,24 @@ impl Dispatcher {
                        webhook_id, conversation_id, pos, next_attempt_at, leased_until
                 FROM webhook_deliveries WHERE state = 'pending'
                 ORDER BY webhook_id, conversation_id, pos
-            ), ready AS (
-                SELECT h.webhook_id, h.conversation_id FROM heads h
+            ), due AS (
+                SELECT h.webhook_id, h.conversation_id, h.next_attempt_at, h.pos,
+                       row_number() OVER (PARTITION BY h.webhook_id
+                                          ORDER BY h.next_attempt_at, h.pos) AS rank
+                FROM heads h
                 JOIN webhooks w ON w.id = h.webhook_id AND w.active
                 WHERE h.next_attempt_at <= now()
-                  AND (h.leased_until IS NULL OR h.leased_until < now())
                   AND NOT (h.webhook_id = ANY($1))
-                ORDER BY h.next_attempt_at, h.pos
+                  -- No row of the queue is leased (a replayed dead letter is a new head
+                  -- while its successors may still be on their way).
+                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries l
+                                  WHERE l.state = 'pending' AND l.webhook_id = h.webhook_id
+                                    AND l.conversation_id = h.conversation_id
+                                    AND l.leased_until >= now())
+            ), ready AS (
+                SELECT webhook_id, conversation_id FROM due
+                WHERE rank <= $5
+                ORDER BY next_attempt_at, pos
                 LIMIT $2
             ), picked AS (
                 SELECT q.pos FROM ready r CROSS JOIN LATERAL (
@@ -247,6 +266,7 @@ impl Dispatcher {
         .bind(queues)
         .bind(PER_QUEUE)
         .bind(self.lease.as_millis() as f64)
+        .bind(QUEUES_PER_ENDPOINT as i64)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -481,6 +501,13 @@ async fn gauges(state: AppState) {
         if let Ok((pending, oldest, dead)) = row {
             crate::metrics::webhook_queue(pending, oldest.unwrap_or(0.0), dead);
         }
+        // Rows a racing send wrote for an endpoint deleted meanwhile.
+        let _ = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE pos IN (SELECT d.pos FROM webhook_deliveries d
+             WHERE NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id) LIMIT 10000)",
+        )
+        .execute(&state.delivery_db)
+        .await;
     }
 }
 

@@ -136,6 +136,8 @@ impl Guard {
         });
         let mut builder = reqwest::Client::builder()
             .dns_resolver(Arc::new(Resolver(self.clone())))
+            // A proxy would resolve and connect for us, past the guard.
+            .no_proxy()
             .redirect(redirects)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("Colloquy/", env!("CARGO_PKG_VERSION")))

@@ -39,6 +39,10 @@ use crate::{
 
 /// Longest a whole reply may stream.
 const MAX_REPLY_TIME: Duration = Duration::from_secs(300);
+/// Most bytes one reply's stream may carry (deltas, their JSON and SSE framing).
+const MAX_STREAM_BYTES: usize = 4 * 1024 * 1024;
+/// Replies waiting for their turn in one conversation, per agent; more are not answered.
+const MAX_WAITING: usize = 3;
 /// How often the set of agents with responders is re-read (other processes' changes).
 const REFRESH: Duration = Duration::from_secs(2);
 
@@ -76,6 +80,15 @@ impl Registry {
             crate::metrics::responder_outcome("dropped");
             tracing::warn!(conversation_id = %message.conversation_id, "responder queue full; message not answered");
         }
+    }
+
+    /// Whether `agent`'s responder is enabled (as last read, at most 2 s ago).
+    fn is_enabled(&self, agent: &str) -> bool {
+        self.inner
+            .agents
+            .lock()
+            .map(|a| a.contains(agent))
+            .unwrap_or(false)
     }
 
     fn set_agents(&self, agents: HashSet<String>) {
@@ -162,7 +175,13 @@ async fn run(runtime: Arc<Runtime>, mut rx: mpsc::Receiver<Message>) {
                    r.api_key, p.display_name
             FROM agent_responders r
             JOIN participants p ON p.conversation_id = $1 AND p.participant_id = r.agent_id
+                               AND p.participant_type = 'agent'
             WHERE r.enabled AND r.agent_id <> $2
+              -- No loops: a sender that is an agent here, or has a responder, is not
+              -- answered, whatever type its message was stored with.
+              AND NOT EXISTS (SELECT 1 FROM participants s WHERE s.conversation_id = $1
+                              AND s.participant_id = $2 AND s.participant_type = 'agent')
+              AND NOT EXISTS (SELECT 1 FROM agent_responders x WHERE x.agent_id = $2)
             "#,
         )
         .bind(message.conversation_id)
@@ -180,12 +199,23 @@ async fn run(runtime: Arc<Runtime>, mut rx: mpsc::Receiver<Message>) {
         for settings in settings {
             let runtime = runtime.clone();
             let message = message.clone();
-            // Each reply takes its turn in its conversation before anything else, so the
-            // order of turns is the order messages were stored.
+            // Each reply takes its turn in its conversation (a tokio mutex is fair: first
+            // come, first served).
             let turn = runtime.turn(&settings.agent_id, message.conversation_id);
-            let guard = turn.clone().lock_owned();
+            // References: the map's, ours, the reply in progress and those waiting.
+            if Arc::strong_count(&turn) >= 3 + MAX_WAITING {
+                crate::metrics::responder_outcome("dropped");
+                tracing::info!(agent_id = %settings.agent_id, conversation_id = %message.conversation_id,
+                    "responder busy in this conversation; message not answered");
+                continue;
+            }
             tokio::spawn(async move {
-                let guard = guard.await;
+                let guard = turn.lock().await;
+                if !runtime.state.responders.is_enabled(&settings.agent_id) {
+                    drop(guard);
+                    runtime.forget_turn(&message, turn);
+                    return;
+                }
                 runtime.reply(settings, &message).await;
                 drop(guard);
                 runtime.forget_turn(&message, turn);
@@ -344,15 +374,22 @@ impl Runtime {
             .history(settings, message)
             .await
             .map_err(|_| Failure::new("RESPONDER_FAILED", "the conversation could not be read"))?;
+        let default_base = config.openai_base_url.trim_end_matches('/');
         let base = settings
             .base_url
             .clone()
-            .unwrap_or_else(|| config.openai_base_url.trim_end_matches('/').to_owned());
+            .unwrap_or_else(|| default_base.to_owned());
+        // The server's own key goes only to the server's own provider: never to a URL
+        // whoever controls an agent chose.
         let key = settings.api_key.clone().or_else(|| {
-            config
-                .openai_api_key
-                .as_ref()
-                .map(|k| k.expose().to_owned())
+            (base == default_base)
+                .then(|| {
+                    config
+                        .openai_api_key
+                        .as_ref()
+                        .map(|k| k.expose().to_owned())
+                })
+                .flatten()
         });
         let mut body = json!({ "model": settings.model, "messages": chat, "stream": true });
         if let Some(t) = settings.temperature {
@@ -383,7 +420,17 @@ impl Runtime {
                 format!("the provider answered {status}"),
             ));
         }
-        let mut events = eventsource_stream::EventStream::new(response.bytes_stream());
+        // A provider cannot make us buffer without bound: the whole stream is capped.
+        let mut read = 0usize;
+        let bounded = response.bytes_stream().map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            read += chunk.len();
+            if read > MAX_STREAM_BYTES {
+                return Err(std::io::Error::other("the provider's stream is too large"));
+            }
+            Ok(chunk)
+        });
+        let mut events = eventsource_stream::EventStream::new(bounded);
         let mut text = String::new();
         let mut index = 0u64;
         loop {

@@ -258,6 +258,7 @@ async fn upsert_owner(
     .await?;
     // Webhooks a former owner registered for this agent stop with the ownership.
     super::webhooks::deactivate_for_new_owner(db, agent_id, owner_id).await?;
+    super::responders::disable_for_new_owner(db, agent_id, owner_id).await?;
     Ok((row.agent, row.is_new))
 }
 

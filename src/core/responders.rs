@@ -145,7 +145,10 @@ pub async fn set(
             model = EXCLUDED.model, system_prompt = EXCLUDED.system_prompt,
             temperature = EXCLUDED.temperature, max_history = EXCLUDED.max_history,
             base_url = EXCLUDED.base_url,
-            api_key = coalesce($7, agent_responders.api_key),
+            -- A stored key follows its provider: a new base_url without a key drops it.
+            api_key = CASE WHEN $7::text IS NOT NULL THEN $7
+                           WHEN EXCLUDED.base_url IS NOT DISTINCT FROM agent_responders.base_url
+                           THEN agent_responders.api_key END,
             enabled = EXCLUDED.enabled, updated_by = EXCLUDED.updated_by, updated_at = now()
         RETURNING (xmax = 0) AS is_new
         "#,
@@ -191,5 +194,23 @@ pub async fn delete(state: &AppState, principal: &Principal, agent_id: &str) -> 
         return Err(AppError::NotFound("responder"));
     }
     state.responders.changed();
+    Ok(())
+}
+
+/// When an agent changes owner, a responder its former owner configured stops (its
+/// provider and key were theirs) until the new owner, the agent or an admin sets it again.
+pub async fn disable_for_new_owner(
+    db: impl sqlx::PgExecutor<'_>,
+    agent_id: &str,
+    owner_id: &str,
+) -> AppResult<()> {
+    sqlx::query(
+        "UPDATE agent_responders SET enabled = false, updated_at = now()
+         WHERE agent_id = $1 AND enabled AND updated_by <> $1 AND updated_by <> $2",
+    )
+    .bind(agent_id)
+    .bind(owner_id)
+    .execute(db)
+    .await?;
     Ok(())
 }

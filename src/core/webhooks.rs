@@ -68,7 +68,7 @@ macro_rules! endpoint_matches {
             $member,
             " OR EXISTS (SELECT 1 FROM participants wp WHERE wp.conversation_id = ",
             $conv,
-            " AND wp.participant_id = w.agent_id))"
+            " AND wp.participant_id = w.agent_id AND wp.participant_type = 'agent'))"
         )
     };
 }
@@ -298,7 +298,8 @@ pub async fn create(
         }
         if let Some(conversation) = input.conversation_id {
             let takes_part: Option<(i32,)> = sqlx::query_as(
-                "SELECT 1 FROM participants WHERE conversation_id = $1 AND participant_id = $2",
+                "SELECT 1 FROM participants WHERE conversation_id = $1 AND participant_id = $2 \
+                 AND participant_type = 'agent'",
             )
             .bind(conversation)
             .bind(agent)
@@ -434,6 +435,13 @@ pub async fn update(
 pub async fn delete(state: &AppState, principal: &Principal, id: Uuid) -> AppResult<()> {
     get(state, principal, id).await?;
     sqlx::query("DELETE FROM webhooks WHERE id = $1")
+        .bind(id)
+        .execute(&state.db)
+        .await?;
+    // No foreign key ties deliveries to their endpoint (sends would wait on its row
+    // lock): the backlog goes now, and rows a racing send still wrote go with the
+    // dispatcher's sweep of orphans.
+    sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
         .bind(id)
         .execute(&state.db)
         .await?;

@@ -277,7 +277,12 @@ async fn provider_errors_stalls_and_malformed_streams_end_with_an_error_and_stor
 
 #[tokio::test]
 async fn responders_answer_users_only_never_agents_or_themselves() {
-    let app = spawn_app_with(config).await;
+    let app = spawn_app_with(|c| {
+        config(c);
+        // The server's own key never goes to a provider an agent's controller chose.
+        c.openai_api_key = Some(colloquy::config::Secret::new("sk-server-key"));
+    })
+    .await;
     let provider = Provider::start().await;
     for agent in ["ann", "ben"] {
         let (s, body) = set_responder(
@@ -310,6 +315,12 @@ async fn responders_answer_users_only_never_agents_or_themselves() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(history(&app, &conv).await.len(), 4);
     assert_eq!(provider.requests().len(), 2);
+    assert!(
+        provider
+            .requests()
+            .iter()
+            .all(|(h, _)| h.get("authorization").is_none())
+    );
     app.stop().await;
 }
 

@@ -540,7 +540,15 @@ async fn only_admins_services_and_agent_owners_register_and_agent_filters_follow
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
     }
 
-    let with_agent = app.conversation("alice", &["helper"]).await;
+    // Someone whose id merely equals the agent's, added as a user, exposes nothing.
+    let with_user_named_helper = app.conversation("alice", &["helper"]).await;
+    let (s, body) = app
+        .post(&api("/conversations"), &token("alice"), json!({ "participants": [{ "participant_id": "helper", "participant_type": "agent" }] }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let with_agent = body["conversation_id"].as_str().unwrap().to_owned();
+    app.send("alice", &with_user_named_helper, "not for the owner")
+        .await;
     let without = app.conversation("alice", &["bob"]).await;
     app.send("alice", &with_agent, "for the agent").await;
     app.send("alice", &without, "private").await;
