@@ -177,25 +177,52 @@ pub struct WebhookWithSecret {
 pub struct NewWebhook {
     /// `http(s)://` URL; loopback, private and link-local targets are refused unless
     /// `WEBHOOK_ALLOW_PRIVATE` allows them.
-    #[schema(max_length = 2048)]
+    #[schema(min_length = 1, max_length = 2048)]
     pub url: String,
     /// One or more of `message.created`, `message.updated`, `message.deleted`,
     /// `reaction.updated`, `messages.read`, `participant.joined`, `participant.left`,
     /// `conversation.updated`, or `*`.
-    #[schema(min_items = 1, max_items = 9)]
+    #[schema(min_items = 1, max_items = 9, value_type = Vec<EventName>)]
     pub events: Vec<String>,
     pub conversation_id: Option<Uuid>,
     /// Required unless the caller is an admin or a service: an agent the caller owns (or
     /// is).
+    #[schema(min_length = 1, max_length = 128)]
     pub agent_id: Option<String>,
     #[schema(max_length = 500)]
     pub description: Option<String>,
 }
 
+/// A webhook event type (documentation of `events`).
+#[derive(ToSchema)]
+#[schema(as = WebhookEvent)]
+#[allow(dead_code)]
+pub enum EventName {
+    #[schema(rename = "*")]
+    All,
+    #[schema(rename = "message.created")]
+    MessageCreated,
+    #[schema(rename = "message.updated")]
+    MessageUpdated,
+    #[schema(rename = "message.deleted")]
+    MessageDeleted,
+    #[schema(rename = "reaction.updated")]
+    ReactionUpdated,
+    #[schema(rename = "messages.read")]
+    MessagesRead,
+    #[schema(rename = "participant.joined")]
+    ParticipantJoined,
+    #[schema(rename = "participant.left")]
+    ParticipantLeft,
+    #[schema(rename = "conversation.updated")]
+    ConversationUpdated,
+}
+
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct UpdateWebhook {
-    #[schema(max_length = 2048)]
+    #[schema(min_length = 1, max_length = 2048)]
     pub url: Option<String>,
+    #[schema(min_items = 1, max_items = 9, value_type = Option<Vec<EventName>>)]
     pub events: Option<Vec<String>>,
     pub active: Option<bool>,
     #[schema(max_length = 500)]

@@ -163,7 +163,8 @@ async fn replay_delivery(
 /// agent, its owner, an admin or a service). 201 new, 200 replaced.
 #[utoipa::path(put, path = "/api/v1/communication/agents/{agent_id}/responder", tag = "webhooks",
     params(("agent_id" = String, Path)), request_body = SetResponder,
-    responses((status = 200, body = inline(Envelope<Responder>)), (status = 201, body = inline(Envelope<Responder>))),
+    responses((status = 200, body = inline(Envelope<Responder>)), (status = 201, body = inline(Envelope<Responder>)),
+        (status = 403, description = "FORBIDDEN: not the agent, its owner, an admin or a service", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn set_responder(
     State(state): State<AppState>,
@@ -184,7 +185,7 @@ async fn set_responder(
 
 #[utoipa::path(get, path = "/api/v1/communication/agents/{agent_id}/responder", tag = "webhooks",
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = inline(Envelope<Responder>))),
+    responses((status = 200, body = inline(Envelope<Responder>)), (status = 403, description = "FORBIDDEN: not the agent, its owner, an admin or a service", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn get_responder(
     State(state): State<AppState>,
@@ -199,7 +200,7 @@ async fn get_responder(
 
 #[utoipa::path(delete, path = "/api/v1/communication/agents/{agent_id}/responder", tag = "webhooks",
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = inline(Envelope<Deleted>))),
+    responses((status = 200, body = inline(Envelope<Deleted>)), (status = 403, description = "FORBIDDEN: not the agent, its owner, an admin or a service", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn delete_responder(
     State(state): State<AppState>,
