@@ -6,7 +6,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -17,17 +17,7 @@ use tokio::sync::mpsc;
 use crate::{Ctx, realtime, sio, stats::Latency, stats::Row};
 
 fn admin_token(ctx: &Ctx) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + 6 * 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": format!("{}-admin", ctx.run), "exp": exp, "roles": ["admin"]}),
-        &jsonwebtoken::EncodingKey::from_secret(ctx.args.secret.as_bytes()),
-    )
-    .unwrap_or_default()
+    ctx.token_with(json!({"sub": format!("{}-admin", ctx.run), "roles": ["admin"]}))
 }
 
 async fn admin(

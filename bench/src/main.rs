@@ -114,14 +114,21 @@ impl Ctx {
     }
 
     pub fn token(&self, sub: &str) -> String {
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            + 6 * 3600;
+        self.token_with(json!({"sub": sub, "name": sub}))
+    }
+
+    /// A token with these claims (and a 6 h `exp`).
+    pub fn token_with(&self, mut claims: Value) -> String {
+        claims["exp"] = json!(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                + 6 * 3600
+        );
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
-            &json!({"sub": sub, "exp": exp, "name": sub}),
+            &claims,
             &jsonwebtoken::EncodingKey::from_secret(self.args.secret.as_bytes()),
         )
         .unwrap_or_default()

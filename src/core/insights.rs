@@ -287,6 +287,29 @@ pub async fn record_owner_claim(state: &AppState, principal: &Principal) -> AppR
     Ok(())
 }
 
+/// Who owns `agent_id`, if anyone is recorded.
+pub async fn owner_of(state: &AppState, agent_id: &str) -> AppResult<Option<String>> {
+    let owner: Option<(String,)> =
+        sqlx::query_as("SELECT owner_id FROM agents WHERE agent_id = $1")
+            .bind(agent_id)
+            .fetch_optional(&state.db)
+            .await?;
+    Ok(owner.map(|(o,)| o))
+}
+
+/// Whether `principal` controls `agent_id`: it is the agent (an agent token for that id),
+/// or its recorded owner. Webhooks and responders for an agent need this.
+pub async fn controls_agent(
+    state: &AppState,
+    principal: &Principal,
+    agent_id: &str,
+) -> AppResult<bool> {
+    if principal.kind == PrincipalKind::Agent && principal.id == agent_id {
+        return Ok(true);
+    }
+    Ok(owner_of(state, agent_id).await?.as_deref() == Some(principal.id.as_str()))
+}
+
 /// The owner's read-only view of every conversation the agent is in.
 pub async fn agent_conversations(
     state: &AppState,
@@ -294,13 +317,8 @@ pub async fn agent_conversations(
     agent_id: &str,
     query: ListConversations,
 ) -> AppResult<Page<Conversation>> {
-    let owner: Option<(String,)> =
-        sqlx::query_as("SELECT owner_id FROM agents WHERE agent_id = $1")
-            .bind(agent_id)
-            .fetch_optional(&state.db)
-            .await?;
-    match owner {
-        Some((owner,)) if owner == principal.id || principal.admin => {}
+    match owner_of(state, agent_id).await? {
+        Some(owner) if owner == principal.id || principal.admin => {}
         _ => return Err(AppError::NotFound("agent")),
     }
     let scope = conversations::Scope {

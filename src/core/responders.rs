@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::validate;
 use crate::{
-    auth::{Principal, PrincipalKind},
+    auth::Principal,
     error::{AppError, AppResult},
     state::AppState,
 };
@@ -63,21 +63,13 @@ const COLUMNS: &str = "SELECT agent_id, model, system_prompt, temperature, max_h
 async fn require_control(state: &AppState, principal: &Principal, agent_id: &str) -> AppResult<()> {
     validate::id("agent_id", agent_id)?;
     if principal.is_privileged()
-        || (principal.kind == PrincipalKind::Agent && principal.id == agent_id)
+        || super::insights::controls_agent(state, principal, agent_id).await?
     {
         return Ok(());
     }
-    let owner: Option<(String,)> =
-        sqlx::query_as("SELECT owner_id FROM agents WHERE agent_id = $1")
-            .bind(agent_id)
-            .fetch_optional(&state.db)
-            .await?;
-    match owner {
-        Some((o,)) if o == principal.id => Ok(()),
-        _ => Err(AppError::Forbidden(format!(
-            "only the agent {agent_id}, its owner, an admin or a service may configure its responder"
-        ))),
-    }
+    Err(AppError::Forbidden(format!(
+        "only the agent {agent_id}, its owner, an admin or a service may configure its responder"
+    )))
 }
 
 pub async fn set(

@@ -19,7 +19,7 @@ use super::{
     validate,
 };
 use crate::{
-    auth::{Principal, PrincipalKind},
+    auth::Principal,
     error::{AppError, AppResult},
     state::AppState,
 };
@@ -283,19 +283,6 @@ async fn check_url(state: &AppState, url: &str) -> AppResult<String> {
     Ok(parsed.to_string())
 }
 
-/// Whether `principal` may follow `agent_id`'s conversations: it is the agent, or owns it.
-async fn owns_agent(state: &AppState, principal: &Principal, agent_id: &str) -> AppResult<bool> {
-    if principal.kind == PrincipalKind::Agent && principal.id == agent_id {
-        return Ok(true);
-    }
-    let owner: Option<(String,)> =
-        sqlx::query_as("SELECT owner_id FROM agents WHERE agent_id = $1")
-            .bind(agent_id)
-            .fetch_optional(&state.db)
-            .await?;
-    Ok(owner.is_some_and(|(o,)| o == principal.id))
-}
-
 /// Registers an endpoint (admin, service, or for an agent: the agent or its owner).
 pub async fn create(
     state: &AppState,
@@ -318,7 +305,7 @@ pub async fn create(
                     .into(),
             ));
         };
-        if !owns_agent(state, principal, agent).await? {
+        if !super::insights::controls_agent(state, principal, agent).await? {
             return Err(AppError::Forbidden(format!(
                 "only the agent {agent}, its owner, an admin or a service may follow its conversations"
             )));
@@ -434,7 +421,7 @@ pub async fn update(
         && !current.active
         && !principal.is_privileged()
         && let Some(agent) = &current.agent_id
-        && !owns_agent(state, principal, agent).await?
+        && !super::insights::controls_agent(state, principal, agent).await?
     {
         return Err(AppError::Forbidden(format!(
             "you no longer own agent {agent}"
