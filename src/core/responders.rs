@@ -43,9 +43,12 @@ pub struct SetResponder {
     #[schema(max_length = 20000)]
     pub system_prompt: Option<String>,
     /// 0 to 2.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     /// 0 to 100, default 20.
-    pub max_history: Option<i32>,
+    #[serde(default, deserialize_with = "validate::whole_number")]
+    #[schema(minimum = 0, maximum = 100)]
+    pub max_history: Option<i64>,
     #[schema(max_length = 2048)]
     pub base_url: Option<String>,
     /// Stored, used for this agent's requests, never returned nor logged.
@@ -92,7 +95,7 @@ pub async fn set(
         return Err(AppError::invalid_field("temperature", "must be 0 to 2"));
     }
     if let Some(h) = input.max_history
-        && !(0..=MAX_HISTORY).contains(&h)
+        && !(0..=i64::from(MAX_HISTORY)).contains(&h)
     {
         return Err(AppError::invalid_field(
             "max_history",
@@ -149,7 +152,7 @@ pub async fn set(
     .bind(input.model.trim())
     .bind(&input.system_prompt)
     .bind(input.temperature)
-    .bind(input.max_history)
+    .bind(input.max_history.and_then(|h| i32::try_from(h).ok()))
     .bind(&base_url)
     .bind(&input.api_key)
     .bind(input.enabled)

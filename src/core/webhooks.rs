@@ -187,7 +187,11 @@ pub struct NewWebhook {
     pub conversation_id: Option<Uuid>,
     /// Required unless the caller is an admin or a service: an agent the caller owns (or
     /// is).
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub agent_id: Option<String>,
     #[schema(max_length = 500)]
     pub description: Option<String>,

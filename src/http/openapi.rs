@@ -180,6 +180,14 @@ impl Modify for ServerRules {
                     if let Some((_, allowed)) = QUERY_ENUMS.iter().find(|(n, _)| *n == param.name) {
                         restrict(schema, allowed);
                     }
+                    // A principal id in the path is checked like any id (`validate::id`).
+                    if param.name == "agent_id"
+                        && let Schema::Object(id) = schema
+                    {
+                        id.min_length = Some(1);
+                        id.max_length = Some(validate::MAX_ID_CHARS);
+                        id.pattern = Some(ID.into());
+                    }
                     refuse_nul(schema, &mut Vec::new());
                 }
                 if let Some(RefOr::T(body)) = &mut op.request_body {
