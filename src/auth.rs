@@ -45,6 +45,10 @@ pub struct Principal {
     pub admin: bool,
     /// An agent token's signed `owner` claim: the principal that owns this agent.
     pub owner: Option<String>,
+    /// Profile claims (`preferred_username`, `picture`), kept as the principal's handle and
+    /// avatar where the seeds show profiles.
+    pub handle: Option<String>,
+    pub picture: Option<String>,
 }
 
 impl Principal {
@@ -79,6 +83,10 @@ pub struct Claims {
     /// Agent tokens: the principal that owns the agent (contract §2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picture: Option<String>,
 }
 
 /// Verifies tokens with the configured key; built once at start-up.
@@ -167,7 +175,16 @@ impl Verifier {
             other => other,
         };
         let kind = claims.kind.unwrap_or_default();
+        // Profile claims are shown to others: dropped (not refused) when unfit to show.
+        let handle = claims
+            .preferred_username
+            .filter(|h| !h.chars().any(char::is_control) && (1..=128).contains(&h.chars().count()));
+        let picture = claims
+            .picture
+            .filter(|p| !p.chars().any(char::is_control) && (1..=2048).contains(&p.len()));
         Ok(Principal {
+            handle,
+            picture,
             admin: claims.roles.iter().any(|r| r == "admin"),
             kind,
             name,
@@ -235,6 +252,8 @@ pub fn mint(secret: &str, request: &TokenRequest<'_>) -> anyhow::Result<String> 
         aud: request.audience.map(str::to_owned),
         nbf: None,
         owner: request.owner.map(str::to_owned),
+        preferred_username: None,
+        picture: None,
     };
     Ok(encode(
         &Header::new(Algorithm::HS256),

@@ -182,6 +182,34 @@ pub struct Config {
     /// Replies streaming at once for one agent on this process.
     #[arg(long, env = "RESPONDER_AGENT_CONCURRENCY", default_value_t = 4)]
     pub responder_agent_concurrency: usize,
+
+    /// Where the General Bots API (seeds 001, 004) is mounted; `off` disables it.
+    #[arg(
+        long,
+        env = "COMPAT_GENERAL_BOTS_PREFIX",
+        default_value = "/compat/general-bots"
+    )]
+    pub compat_general_bots_prefix: String,
+
+    /// Where the conversations CRUD API (seed 003) is mounted; `off` disables it.
+    #[arg(long, env = "COMPAT_CRUD_PREFIX", default_value = "/compat/crud")]
+    pub compat_crud_prefix: String,
+
+    /// Where the Avee messaging API (seed 002) is mounted; `off` disables it.
+    #[arg(
+        long,
+        env = "COMPAT_MESSAGING_PREFIX",
+        default_value = "/compat/messaging"
+    )]
+    pub compat_messaging_prefix: String,
+
+    /// The bot anonymous `/ws` clients talk to (guest sessions); unset: no guests.
+    #[arg(long, env = "GUEST_BOT_ID")]
+    pub guest_bot_id: Option<String>,
+
+    /// Idle time after which a guest session is deleted with its messages.
+    #[arg(long, env = "GUEST_SESSION_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub guest_session_ttl: std::time::Duration,
 }
 
 impl Config {
@@ -216,6 +244,11 @@ impl Config {
             responder_timeout_seconds: 30,
             responder_concurrency: 32,
             responder_agent_concurrency: 4,
+            compat_general_bots_prefix: "/compat/general-bots".into(),
+            compat_crud_prefix: "/compat/crud".into(),
+            compat_messaging_prefix: "/compat/messaging".into(),
+            guest_bot_id: None,
+            guest_session_ttl: std::time::Duration::from_secs(30 * 60),
         }
     }
 

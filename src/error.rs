@@ -34,6 +34,10 @@ pub enum AppError {
     /// `code` is specific, e.g. `CONVERSATION_ARCHIVED`.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// A transcript that would rewrite stored history: `index` is the first entry that
+    /// differs from (or is missing against) the stored log.
+    #[error("messages[{index}] differs from the stored history; the stored log is append-only")]
+    HistoryDiffers { index: usize },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("rate limit exceeded, retry in {retry_after_secs} s")]
@@ -75,7 +79,7 @@ impl AppError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Conflict { .. } | Self::HistoryDiffers { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +95,7 @@ impl AppError {
             Self::NotFound(_) => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Conflict { code, .. } => code,
+            Self::HistoryDiffers { .. } => "HISTORY_CONFLICT",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Unavailable(_) => "UNAVAILABLE",
@@ -98,7 +103,7 @@ impl AppError {
         }
     }
 
-    fn details(&self) -> Option<Value> {
+    pub fn details(&self) -> Option<Value> {
         match self {
             Self::Validation { details, .. } | Self::Unprocessable { details, .. } => {
                 details.clone()
@@ -106,6 +111,7 @@ impl AppError {
             Self::RateLimited { retry_after_secs } => {
                 Some(json!({ "retry_after_secs": retry_after_secs }))
             }
+            Self::HistoryDiffers { index } => Some(json!({ "index": index })),
             _ => None,
         }
     }

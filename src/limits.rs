@@ -34,6 +34,11 @@ impl RateLimiter {
         }
     }
 
+    /// Requests per minute allowed.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
     /// Takes one unit of the principal's allowance, or says how long to wait.
     pub fn check(&self, principal_id: &str) -> Result<Allowance, AppError> {
         match self.inner.check_key(&principal_id.to_owned()) {

@@ -522,6 +522,8 @@ impl Runtime {
             kind: PrincipalKind::Agent,
             admin: false,
             owner: None,
+            handle: None,
+            picture: None,
         };
         let input = SendMessage {
             text,

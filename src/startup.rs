@@ -179,6 +179,8 @@ impl Server {
             delivery_db,
             ready: Arc::new(AtomicBool::new(false)),
             owner_claims: Default::default(),
+            profiles: Default::default(),
+            guests: Default::default(),
             bus,
             outbound,
             responders,
@@ -224,10 +226,13 @@ impl Server {
         background.extend(realtime::delivery::spawn(&state));
         background.extend(crate::dispatch::spawn(&state)?);
         background.extend(crate::responder::spawn(&state)?);
+        background.extend(crate::core::guests::spawn(&state));
 
         let (api, spec) = http::api(state.clone());
+        let compat = crate::compat::router(&state)?;
         let app = Router::new()
             .merge(api)
+            .merge(compat)
             .route("/ws", axum::routing::get(realtime::ws::handler))
             .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
             .method_not_allowed_fallback(http::method_not_allowed)
@@ -305,7 +310,7 @@ impl Server {
         });
         let serve = axum::serve(
             listener,
-            axum::ServiceExt::<Request>::into_make_service(app),
+            axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
         )
         .with_graceful_shutdown(graceful);
         // Drain for at most the grace period, then exit anyway.

@@ -39,6 +39,10 @@ pub struct AppState {
     pub writer: crate::core::writer::Writer,
     /// Agent `owner` claims this process has already recorded.
     pub owner_claims: OwnerClaims,
+    /// Anonymous guest sessions' limits (connections, sessions and messages per address).
+    pub guests: Arc<crate::core::guests::Limits>,
+    /// Profile claims this process has already written.
+    pub profiles: crate::core::profiles::Written,
     /// The cross-process event bus's engine and connection (`/readyz`).
     pub bus: Arc<crate::realtime::bus::Status>,
     /// Which addresses webhooks and responder providers may reach (`WEBHOOK_ALLOW_PRIVATE`).

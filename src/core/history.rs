@@ -190,6 +190,98 @@ pub async fn since(
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
+/// A page read by timestamp cursors (seed 001's `before`/`after`).
+pub struct TimePage {
+    /// Oldest first; deleted messages are left out.
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// History by time: with `after`, the oldest `limit` messages sent after it (paging
+/// forward); otherwise the newest `limit` before `before` (or now). Both bounds are
+/// exclusive. Messages committed together share a timestamp, so a page never ends inside
+/// such a group: it takes the whole group, and the next cursor skips nothing.
+pub async fn by_time(
+    state: &AppState,
+    principal: &Principal,
+    conversation_id: Uuid,
+    before: Option<DateTime<Utc>>,
+    after: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+) -> AppResult<TimePage> {
+    let limit = validate::limit(limit, 50, 100)?;
+    validate::date("before", before.as_ref())?;
+    validate::date("after", after.as_ref())?;
+    let access = Access::load(&state.db, principal, conversation_id).await?;
+    let forward = after.is_some();
+    let mut conn = state.db.acquire().await?;
+    let page: Vec<Row> = sqlx::query_as(concat!(
+        message_select!(),
+        r#"
+        WHERE m.conversation_id = $1 AND m.deleted_at IS NULL
+          AND ($2::timestamptz IS NULL OR m.created_at < $2)
+          AND ($3::timestamptz IS NULL OR m.created_at > $3)
+        ORDER BY CASE WHEN $4 THEN m.created_at END, CASE WHEN $4 THEN m.seq END,
+                 m.created_at DESC, m.seq DESC
+        LIMIT $5
+        "#
+    ))
+    .bind(access.conversation_id)
+    .bind(before)
+    .bind(after)
+    .bind(forward)
+    .bind(limit + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut rows = page;
+    let mut has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    if has_more && let Some(edge) = rows.last() {
+        // The rest of the edge's timestamp group, so the next cursor skips none of it.
+        let (edge_at, edge_seq) = (edge.created_at, edge.seq);
+        let rest: Vec<Row> = sqlx::query_as(concat!(
+            message_select!(),
+            r#"
+            WHERE m.conversation_id = $1 AND m.deleted_at IS NULL AND m.created_at = $2
+              AND CASE WHEN $3 THEN m.seq > $4 ELSE m.seq < $4 END
+            ORDER BY CASE WHEN $3 THEN m.seq ELSE -m.seq END
+            "#
+        ))
+        .bind(access.conversation_id)
+        .bind(edge_at)
+        .bind(forward)
+        .bind(edge_seq)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.extend(rest);
+        // Anything beyond the group, within the window?
+        let (more,): (bool,) = sqlx::query_as(
+            r#"
+            SELECT EXISTS (SELECT 1 FROM messages m
+                WHERE m.conversation_id = $1 AND m.deleted_at IS NULL
+                  AND ($2::timestamptz IS NULL OR m.created_at < $2)
+                  AND ($3::timestamptz IS NULL OR m.created_at > $3)
+                  AND CASE WHEN $4 THEN m.created_at > $5 ELSE m.created_at < $5 END)
+            "#,
+        )
+        .bind(access.conversation_id)
+        .bind(before)
+        .bind(after)
+        .bind(forward)
+        .bind(edge_at)
+        .fetch_one(&mut *conn)
+        .await?;
+        has_more = more;
+    }
+    if !forward {
+        rows.reverse();
+    }
+    Ok(TimePage {
+        messages: rows.into_iter().map(Message::from).collect(),
+        has_more,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -327,3 +327,13 @@ pub async fn agent_conversations(
     };
     conversations::list_scoped(state, principal, scope, query).await
 }
+
+/// The agents `owner_id` owns, by id.
+pub async fn agents_owned_by(state: &AppState, owner_id: &str) -> AppResult<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT agent_id FROM agents WHERE owner_id = $1 ORDER BY agent_id")
+            .bind(owner_id)
+            .fetch_all(&state.db)
+            .await?;
+    Ok(rows.into_iter().map(|(a,)| a).collect())
+}

@@ -94,7 +94,7 @@ pub struct Message {
 pub(crate) struct Row {
     pub(crate) id: Uuid,
     conversation_id: Uuid,
-    seq: i64,
+    pub(crate) seq: i64,
     sender_id: String,
     sender_name: Option<String>,
     sender_type: String,
@@ -106,7 +106,7 @@ pub(crate) struct Row {
     thread_id: Option<String>,
     reactions: Value,
     edit_history: Value,
-    created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
     /// Highest read horizon among the other participants.

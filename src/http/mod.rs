@@ -7,6 +7,7 @@ mod insights;
 mod messages;
 pub mod openapi;
 mod participants;
+mod transfer;
 
 use axum::{
     Router,
@@ -322,7 +323,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
             return response;
         }
     };
-    if let Err(e) = crate::core::insights::record_owner_claim(&state, &principal).await {
+    if let Err(e) = crate::core::profiles::remember_claims(&state, &principal).await {
         return e.into_response();
     }
     request.extensions_mut().insert(principal);
@@ -345,6 +346,7 @@ pub fn api(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(messages::router())
         .merge(insights::router())
         .merge(hooks::router())
+        .merge(transfer::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         // REST only: Socket.IO long-polling holds requests open for the ping interval,
         // and websockets must not be compressed or cut.
@@ -360,7 +362,11 @@ pub fn api(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// Answers `503 UNAVAILABLE` when a request runs longer than `REQUEST_TIMEOUT_SECONDS`.
 /// The work is dropped at its next await point; a send whose commit already happened
 /// stays committed, and its retry with the same `client_message_id` returns it.
-async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn deadline(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let limit = std::time::Duration::from_secs(state.config.request_timeout_seconds.max(1));
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
@@ -405,10 +411,12 @@ pub async fn realtime_origin_guard(
     next.run(request).await
 }
 
-/// Accepts a trailing slash on every API route by trimming it before routing.
+/// Accepts a trailing slash on every API route (and the seed systems' routes) by
+/// trimming it before routing. Not on `/socket.io/` and `/docs/`, which want theirs.
 pub fn trim_trailing_slash(mut request: Request) -> Request {
     let path = request.uri().path();
-    if path.len() > 1 && path.ends_with('/') && path.starts_with("/api/") {
+    let keeps_its_slash = path.starts_with("/socket.io") || path.starts_with("/docs");
+    if path.len() > 1 && path.ends_with('/') && !keeps_its_slash {
         let trimmed = path.trim_end_matches('/');
         let new = match request.uri().query() {
             Some(q) => format!("{trimmed}?{q}"),

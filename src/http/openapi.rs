@@ -29,6 +29,7 @@ use crate::core::validate;
         (name = "conversations"), (name = "participants"), (name = "messages"),
         (name = "intelligence", description = "summaries, analytics, search, inbox, agents"),
         (name = "webhooks", description = "webhooks and agent responders"),
+        (name = "data", description = "history import, export and erasure"),
         (name = "operations"),
     )
 )]
@@ -113,6 +114,7 @@ const SCHEMA_ENUMS: &[(&str, &str, &[&str])] = &[
     ),
     ("NewParticipant", "role", validate::ROLES),
     ("SendMessage", "sender_type", validate::PARTICIPANT_TYPES),
+    ("ImportMessage", "sender_type", validate::PARTICIPANT_TYPES),
 ];
 
 /// `(query parameter, allowed values)`, the same name meaning the same thing everywhere.
@@ -181,7 +183,7 @@ impl Modify for ServerRules {
                         restrict(schema, allowed);
                     }
                     // A principal id in the path is checked like any id (`validate::id`).
-                    if param.name == "agent_id"
+                    if (param.name == "agent_id" || param.name == "user_id")
                         && let Schema::Object(id) = schema
                     {
                         id.min_length = Some(1);
@@ -379,6 +381,7 @@ mod tests {
             .merge(super::super::participants::router())
             .merge(super::super::messages::router())
             .merge(super::super::insights::router())
+            .merge(super::super::transfer::router())
             .into_openapi()
     }
 

@@ -112,7 +112,7 @@ async fn authenticate(
     match from_auth.or(from_header).or(from_query) {
         Some(token) => {
             let principal = state.verifier.verify(token.trim())?;
-            crate::core::insights::record_owner_claim(&state, &principal).await?;
+            crate::core::profiles::remember_claims(&state, &principal).await?;
             // Every socket of a principal hears its inbox (contract §4).
             socket.join(super::inbox::room(&principal.id));
             state
@@ -580,6 +580,8 @@ fn identity(state: &AppState, socket: &SocketRef, claimed: &Claimed) -> AppResul
         kind: PrincipalKind::User,
         admin: false,
         owner: None,
+        handle: None,
+        picture: None,
     };
     socket.extensions.insert(principal.clone());
     Ok(principal)

@@ -2,7 +2,7 @@
 
 use axum::{
     extract::{
-        RawQuery, State, WebSocketUpgrade,
+        ConnectInfo, RawQuery, State, WebSocketUpgrade,
         ws::rejection::WebSocketUpgradeRejection,
         ws::{CloseFrame, Message as Frame, WebSocket, close_code},
     },
@@ -42,6 +42,13 @@ struct Prepared {
     principal: Principal,
     access: Access,
     since_seq: Option<i64>,
+    /// An anonymous guest's session (contract §5): its address, held open while it lasts.
+    guest: Option<Guest>,
+}
+
+struct Guest {
+    ip: std::net::IpAddr,
+    _open: crate::core::guests::Open,
 }
 
 /// Always upgrades a real WebSocket request, then refuses in-band when it must (contract
@@ -52,6 +59,7 @@ pub async fn handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     let ws = match ws {
@@ -63,7 +71,7 @@ pub async fn handler(
     // Subscribe before the access check: a removal committed after the check is then
     // still seen by the session, never lost in the gap before the upgrade completes.
     let events = state.events.subscribe();
-    let prepared = prepare(&state, query.as_deref().unwrap_or_default(), &headers).await;
+    let prepared = prepare(&state, query.as_deref().unwrap_or_default(), &headers, peer).await;
     ws.on_upgrade(move |socket| async move {
         match prepared {
             Ok(prepared) => session(state, prepared, events, socket).await,
@@ -72,7 +80,12 @@ pub async fn handler(
     })
 }
 
-async fn prepare(state: &AppState, query: &str, headers: &HeaderMap) -> AppResult<Prepared> {
+async fn prepare(
+    state: &AppState,
+    query: &str,
+    headers: &HeaderMap,
+    peer: std::net::SocketAddr,
+) -> AppResult<Prepared> {
     if !state.is_ready() {
         return Err(AppError::Unavailable(anyhow::anyhow!(
             "database not migrated yet"
@@ -83,6 +96,24 @@ async fn prepare(state: &AppState, query: &str, headers: &HeaderMap) -> AppResul
     if params.since_seq.is_some_and(|s| s < 0) {
         return Err(AppError::invalid_field("since_seq", "must not be negative"));
     }
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if params.token.is_none()
+        && authorization.is_none()
+        && let Some(bot) = &state.config.guest_bot_id
+    {
+        // No credentials at all: a guest, with the default bot only.
+        let ip = peer.ip().to_canonical();
+        let open = state.guests.open(ip)?;
+        let session = crate::core::guests::start(state, bot, ip).await?;
+        return Ok(Prepared {
+            principal: session.principal,
+            access: session.access,
+            since_seq: None,
+            guest: Some(Guest { ip, _open: open }),
+        });
+    }
     let principal = match params.token {
         Some(t) => state.verifier.verify(&t)?,
         None => state.verifier.verify_bearer(
@@ -91,7 +122,7 @@ async fn prepare(state: &AppState, query: &str, headers: &HeaderMap) -> AppResul
                 .and_then(|v| v.to_str().ok()),
         )?,
     };
-    crate::core::insights::record_owner_claim(state, &principal).await?;
+    crate::core::profiles::remember_claims(state, &principal).await?;
     let session = params
         .session_id
         .ok_or_else(|| AppError::invalid_field("session_id", "is required"))?;
@@ -106,6 +137,7 @@ async fn prepare(state: &AppState, query: &str, headers: &HeaderMap) -> AppResul
         principal,
         access,
         since_seq: params.since_seq,
+        guest: None,
     })
 }
 
@@ -248,6 +280,7 @@ async fn session(
         principal,
         access,
         since_seq,
+        guest,
     }: Prepared,
     mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>,
     socket: WebSocket,
@@ -259,6 +292,7 @@ async fn session(
     let hello = json!({
         "type": "status", "status": "connected", "session_id": session_name,
         "conversation_id": access.conversation_id, "user_id": principal.id,
+        "guest": guest.is_some(),
     });
     if tx.send(frame(&hello)).await.is_err() {
         crate::metrics::connection_closed("ws");
@@ -302,7 +336,10 @@ async fn session(
                 // Until the reply is out: shutdown waits for it.
                 let _in_flight = state.send_in_flight();
                 let reply = match msg {
-                    Frame::Text(text) => handle_frame(&state, &principal, &access, &session_key, &text).await,
+                    Frame::Text(text) => {
+                        let ip = guest.as_ref().map(|g| g.ip);
+                        handle_frame(&state, &principal, &access, &session_key, ip, &text).await
+                    }
                     Frame::Binary(_) => Some(error_frame(&AppError::validation("binary frames are not supported; send JSON text"))),
                     Frame::Close(_) => {
                         // The library has queued the answering close; flush it, so the
@@ -417,6 +454,8 @@ struct ClientFrame {
     is_typing: Option<bool>,
     #[serde(default)]
     metadata: Option<Value>,
+    #[serde(default)]
+    session_id: Option<Value>,
 }
 
 /// Handles one client frame; the stored message itself comes back through the event bus.
@@ -425,6 +464,7 @@ async fn handle_frame(
     principal: &Principal,
     access: &Access,
     session_key: &str,
+    guest: Option<std::net::IpAddr>,
     text: &str,
 ) -> Option<Frame> {
     let parsed = serde_json::from_str::<Value>(text)
@@ -439,6 +479,11 @@ async fn handle_frame(
         Ok(f) => f,
         Err(e) => return Some(error_frame(&e)),
     };
+    if let Some(ip) = guest
+        && let Err(e) = guest_frame(state, access, ip, &principal.id, &parsed).await
+    {
+        return Some(error_frame(&e));
+    }
     let origin = Origin {
         socket_id: Some(session_key.to_owned()),
         echo: true,
@@ -514,4 +559,34 @@ async fn handle_frame(
         )),
     };
     result.unwrap_or_else(|e| Some(error_frame(&e)))
+}
+
+/// A guest's frame: only for its own session, within its limits; it keeps the session alive.
+async fn guest_frame(
+    state: &AppState,
+    access: &Access,
+    ip: std::net::IpAddr,
+    guest_id: &str,
+    frame: &ClientFrame,
+) -> AppResult<()> {
+    if let Some(named) = &frame.session_id {
+        let own = named
+            .as_str()
+            .is_some_and(|s| s == access.room || s == access.conversation_id.to_string());
+        if !own {
+            return Err(AppError::Forbidden(
+                "a guest may only talk in its own session".into(),
+            ));
+        }
+    }
+    match frame.kind.as_str() {
+        "message" => {
+            state.guests.per_session.check(guest_id)?;
+            state.guests.per_ip.check(&ip.to_string())?;
+        }
+        // Typing has its own limit; pings do not count as activity.
+        "typing" => {}
+        _ => return Ok(()),
+    }
+    crate::core::guests::touch(state, access.conversation_id).await
 }
