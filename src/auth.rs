@@ -13,6 +13,10 @@ use crate::{
     error::{AppError, AppResult},
 };
 
+/// Ids the server gives its own synthetic senders (transcript voices, the guest host);
+/// no token may carry one.
+pub const RESERVED_PREFIX: &str = "colloquy:";
+
 /// Longest accepted `sub`.
 pub const MAX_PRINCIPAL_ID: usize = 128;
 
@@ -151,6 +155,11 @@ impl Verifier {
         if claims.sub.trim().is_empty() || claims.sub.chars().count() > MAX_PRINCIPAL_ID {
             return Err(AppError::Unauthorized(
                 "token subject must be 1 to 128 characters".into(),
+            ));
+        }
+        if claims.sub.starts_with(RESERVED_PREFIX) {
+            return Err(AppError::Unauthorized(
+                "token subjects starting with `colloquy:` are reserved".into(),
             ));
         }
         if claims.sub.chars().any(char::is_control) {

@@ -101,6 +101,9 @@ pub const ROUTES: Routes = &[
     ("DELETE", "/api/conversations"),
 ];
 
+/// Conversations one list returns at most (newest activity first).
+const MAX_LISTED: usize = 1000;
+
 /// The seed's limit: requests per user per minute.
 const PER_MINUTE: u32 = 100;
 
@@ -136,15 +139,18 @@ fn user_id(me: &Principal, user_id: Option<&str>) -> Result<Principal> {
     })
 }
 
-/// The seed's ids are ours: anything but a UUID names no conversation.
-fn conversation_id(value: Option<&Value>) -> Result<Uuid> {
-    match value {
+/// Which conversation a PUT or DELETE names: `conversationId` (or `id`), ours or the
+/// client's own id it was created with.
+fn conversation_id(user: &str, w: &Write) -> Result<Uuid> {
+    match w.conversation_id.as_ref().or(w.id.as_ref()) {
         None | Some(Value::Null) => {
             Err(AppError::invalid_field("conversationId", "Missing conversationId").into())
         }
-        Some(Value::String(s)) => s
-            .parse()
-            .map_err(|_| AppError::NotFound("conversation").into()),
+        Some(Value::String(s)) if !s.is_empty() => {
+            validate::id("conversationId", s)?;
+            Ok(s.parse().unwrap_or_else(|_| migrated_id(user, s)))
+        }
+        Some(Value::Number(n)) => Ok(migrated_id(user, &n.to_string())),
         Some(_) => Err(AppError::invalid_field("conversationId", "must be a string").into()),
     }
 }
@@ -209,7 +215,7 @@ async fn list(
         .await?;
         let more = page.has_more && !page.items.is_empty();
         all.extend(page.items);
-        if !more {
+        if !more || all.len() >= MAX_LISTED {
             break;
         }
     }
@@ -234,10 +240,12 @@ async fn list(
 struct Write {
     #[serde(rename = "userId", alias = "user_id")]
     user_id: Option<String>,
-    /// Create: the client's own id for the conversation (a localStorage id), so a
-    /// migration re-run finds the same conversation. Update/delete: ours.
-    #[serde(rename = "conversationId", alias = "id")]
+    /// Update/delete: which conversation (ours, or the client's own id it was created with).
+    #[serde(rename = "conversationId")]
     conversation_id: Option<Value>,
+    /// Create: the client's own id for the conversation (a localStorage id), so a
+    /// migration re-run finds the same conversation. Update/delete: as `conversationId`.
+    id: Option<Value>,
     title: Option<String>,
     messages: Option<Vec<Value>>,
     #[serde(rename = "agentId")]
@@ -333,7 +341,7 @@ fn check_extras(w: &Write) -> Result<()> {
 fn voices_of<'a>(user: &'a str, agent: Option<&'a str>) -> Voices<'a> {
     Voices {
         user,
-        assistant: agent.unwrap_or("assistant"),
+        assistant: agent.unwrap_or(transfer::ASSISTANT),
     }
 }
 
@@ -349,7 +357,7 @@ async fn create(
     let user = me.id.clone();
     check_extras(&body)?;
     let entries = transcript(body.messages.clone().unwrap_or_default())?;
-    let chosen = match &body.conversation_id {
+    let chosen = match &body.id {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() => {
             validate::id("id", s)?;
@@ -430,10 +438,20 @@ async fn update(
     let Json(body) = accept(body)?;
     let me = user_id(&me, body.user_id.as_deref())?;
     let user = me.id.clone();
-    let id = conversation_id(body.conversation_id.as_ref())?;
+    let id = conversation_id(&user, &body)?;
     check_extras(&body)?;
     let entries = transcript(body.messages.clone().unwrap_or_default())?;
     let existing = conversations::get(&state, &me, id).await?;
+    // Everything but the pin is the owner's: checked before anything is changed.
+    if body.messages.is_some()
+        || body.title.is_some()
+        || body.mode.is_some()
+        || body.agent_id.is_some()
+    {
+        crate::core::access::Access::load(&state.db, &me, id)
+            .await?
+            .require_manage("change it")?;
+    }
     let agent = body.agent_id.clone().or_else(|| {
         crud_field(&existing, "agentId")
             .and_then(Value::as_str)
@@ -486,7 +504,7 @@ async fn remove(
 ) -> Result<Response> {
     let Json(body) = accept(body)?;
     let me = user_id(&me, body.user_id.as_deref())?;
-    let id = conversation_id(body.conversation_id.as_ref())?;
+    let id = conversation_id(&me.id, &body)?;
     conversations::delete(&state, &me, id).await?;
     Ok(Reply(
         json!({ "success": true, "message": "Conversation deleted successfully",

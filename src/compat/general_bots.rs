@@ -119,6 +119,11 @@ async fn start(
     if body.bot_id == me.id {
         return Err(AppError::invalid_field("bot_id", "must name a bot, not yourself").into());
     }
+    // Checked before anything is created, so a refused start leaves nothing behind.
+    let initial = body.initial_message.filter(|t| !t.trim().is_empty());
+    if let Some(text) = &initial {
+        crate::core::validate::text(text, state.config.max_message_chars)?;
+    }
     let created = conversations::create(
         &state,
         &me,
@@ -135,7 +140,7 @@ async fn start(
     )
     .await?;
     let id = created.conversation.id;
-    if let Some(text) = body.initial_message.filter(|t| !t.trim().is_empty()) {
+    if let Some(text) = initial {
         let input = SendMessage {
             text,
             ..Default::default()

@@ -23,12 +23,12 @@ use crate::{
             self, Conversation, CreateConversation, ListConversations, ParticipantSpec,
         },
         events::Origin,
-        insights,
+        history, insights,
         messages::{self, Message, SendMessage, SendOptions},
         participants::NewParticipant,
         profiles::{self, Profile},
         reads::{self, MarkRead},
-        transfer, validate,
+        validate,
     },
     error::AppError,
     http::{Json, Path},
@@ -74,6 +74,9 @@ fn conversation_id(id: &str) -> Result<Uuid> {
     id.parse()
         .map_err(|_| AppError::NotFound("conversation").into())
 }
+
+/// Messages one read returns at most (the newest).
+const MAX_MESSAGES: i64 = 100;
 
 /// Conversations listed at most (newest activity first).
 const MAX_LISTED: i64 = 1000;
@@ -129,10 +132,14 @@ async fn items(state: &AppState, viewer: &str, list: &[Conversation]) -> Result<
         {
             return Some(owner.to_owned());
         }
+        // Seed clients read `other_participant.display_name` unguarded: always someone
+        // (another person, else the agent, else the creator).
         c.participants
             .iter()
             .find(|p| p.as_str() != viewer && Some(p.as_str()) != agent)
+            .or_else(|| c.participants.iter().find(|p| p.as_str() != viewer))
             .cloned()
+            .or_else(|| Some(c.created_by.clone()))
     };
     let others: Vec<String> = list.iter().filter_map(other_of).collect();
     let people = profiles::of(&state.db, &others).await?;
@@ -257,7 +264,11 @@ async fn start(
         pair[1],
         avee.as_deref().unwrap_or_default()
     );
-    let pcid = format!("dm:{}", Uuid::new_v5(&NAMESPACE, key.as_bytes()));
+    let pcid = format!(
+        "{}{}",
+        conversations::DIRECT_PREFIX,
+        Uuid::new_v5(&NAMESPACE, key.as_bytes())
+    );
     let other = match &avee {
         Some(a) => NewParticipant {
             participant_id: a.clone(),
@@ -272,6 +283,7 @@ async fn start(
         &me,
         CreateConversation {
             platform_conversation_id: Some(pcid),
+            direct: true,
             participants: vec![ParticipantSpec::Full(other)],
             metadata: Some(json!({ "messaging": {
                 "chat_type": chat_type, "target_user_id": body.target_user_id,
@@ -338,9 +350,22 @@ async fn read_messages(
     let Path(id) = accept(path)?;
     let id = conversation_id(&id)?;
     let conversation = conversations::get(&state, &me, id).await?;
-    let mut conn = state.db.acquire().await.map_err(AppError::from)?;
-    let log = transfer::visible_log(&mut conn, id).await?;
-    drop(conn);
+    // The newest page, oldest first; deleted messages are left out.
+    let page = history::history(
+        &state,
+        &me,
+        id,
+        history::HistoryQuery {
+            limit: Some(MAX_MESSAGES),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let log: Vec<Message> = page
+        .items
+        .into_iter()
+        .filter(|m| m.deleted_at.is_none())
+        .collect();
     // Participants read it by opening it; an agent's owner only looks.
     if conversation.last_read_seq.is_some() {
         reads::mark_read(&state, &me, id, MarkRead::default(), Origin::default()).await?;

@@ -210,7 +210,15 @@ pub struct CreateConversation {
     #[serde(default, deserialize_with = "validate::null_as_default")]
     #[schema(nullable, max_items = 20)]
     pub tags: Vec<String>,
+    /// Set by the core's own callers only: the platform id is a reserved `dm:` one (a
+    /// direct conversation of the messaging API, one per pair).
+    #[serde(skip)]
+    pub direct: bool,
 }
+
+/// Platform ids the messaging API derives for direct conversations; no one else may
+/// claim one (and so plant a conversation two people will later start).
+pub const DIRECT_PREFIX: &str = "dm:";
 
 pub struct Created {
     pub conversation: Conversation,
@@ -226,6 +234,12 @@ pub async fn create(
     validate::one_of("platform", platform, validate::PLATFORMS)?;
     if let Some(pcid) = &input.platform_conversation_id {
         validate::id("platform_conversation_id", pcid)?;
+        if pcid.starts_with(DIRECT_PREFIX) != input.direct {
+            return Err(AppError::invalid_field(
+                "platform_conversation_id",
+                "ids starting with `dm:` are reserved for direct conversations",
+            ));
+        }
     }
     if let Some(name) = &input.name {
         validate::max_chars("name", name, validate::MAX_NAME_CHARS)?;

@@ -53,6 +53,19 @@ impl Default for Limits {
     }
 }
 
+/// The address guests are counted by: IPv4 as is, IPv6 by its /64 (one host usually
+/// holds a whole /64, so a single address would let it rotate past the limits).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// One open guest connection; the address's count drops with it.
 pub struct Open {
     limits: Arc<Limits>,

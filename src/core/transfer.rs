@@ -24,11 +24,22 @@ use crate::{
 
 /// Messages one import call takes at most.
 pub const MAX_IMPORT: usize = 1000;
+/// Longest transcript (seed 003's `messages` array) one request may carry.
+pub const MAX_TRANSCRIPT: usize = 5000;
+/// The senders of transcript lines without a principal of their own: ids in the reserved
+/// `colloquy:` namespace, which no token may carry (`auth`), so no one exports or erases
+/// them as their own.
+pub const ASSISTANT: &str = "colloquy:assistant";
+pub const SYSTEM: &str = "colloquy:system";
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct ImportMessage {
     /// The original sender. Imported senders are not made participants.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub sender_id: String,
     /// `user|agent|system`, default `user`.
     pub sender_type: Option<String>,
@@ -42,7 +53,11 @@ pub struct ImportMessage {
     #[serde(alias = "timestamp")]
     pub created_at: DateTime<Utc>,
     /// Required: a re-run of the same import skips what is already stored by (sender, id).
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub client_message_id: String,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
@@ -191,6 +206,12 @@ pub async fn append_transcript(
     transcript: Vec<TranscriptEntry>,
     voices: Voices<'_>,
 ) -> AppResult<usize> {
+    if transcript.len() > MAX_TRANSCRIPT {
+        return Err(AppError::invalid_field(
+            "messages",
+            format!("at most {MAX_TRANSCRIPT} messages per conversation through this API"),
+        ));
+    }
     for (i, e) in transcript.iter().enumerate() {
         validate::id(&format!("messages[{i}].role"), &e.role)?;
         validate::max_chars(&format!("messages[{i}].role"), &e.role, 32)?;
@@ -205,8 +226,9 @@ pub async fn append_transcript(
             ));
         }
     }
+    // The transcript speaks for everyone in it (the agent's lines too): its owner's to write.
     let access = Access::load(&state.db, principal, conversation_id).await?;
-    access.require_write()?;
+    access.require_manage("write its transcript")?;
     let mut tx = state.db.begin().await?;
     lock_active(&mut tx, conversation_id).await?;
     let stored = visible_log(&mut tx, conversation_id).await?;
@@ -233,7 +255,7 @@ pub async fn append_transcript(
             let (sender_id, sender_type) = match e.role.as_str() {
                 "user" => (voices.user, "user"),
                 "assistant" => (voices.assistant, "agent"),
-                _ => ("system", "system"),
+                _ => (SYSTEM, "system"),
             };
             Entry {
                 sender_id: sender_id.to_owned(),
@@ -656,7 +678,14 @@ async fn export_records(state: &AppState, id: &str, out: &mpsc::Sender<Value>) -
                 .await
                 .ok();
             let mut v = record("participation", &p);
-            v["conversation"] = serde_json::to_value(conversation).unwrap_or(Value::Null);
+            // The conversation as it concerns this principal: not who else is in it, nor
+            // what they last said.
+            let mut c = serde_json::to_value(conversation).unwrap_or(Value::Null);
+            if let Some(o) = c.as_object_mut() {
+                o.remove("participants");
+                o.remove("last_message");
+            }
+            v["conversation"] = c;
             emit!(v);
         }
     }

@@ -122,6 +122,7 @@ const QUERY_ENUMS: &[(&str, &[&str])] = &[
     ("platform", validate::PLATFORMS),
     ("status", &["active", "archived"]),
     ("bucket", &["hour", "day"]),
+    ("format", &["ndjson", "json"]),
 ];
 
 /// Text without U+0000, which the server refuses in every string it is sent (contract §3).

@@ -104,7 +104,7 @@ async fn prepare(
         && let Some(bot) = &state.config.guest_bot_id
     {
         // No credentials at all: a guest, with the default bot only.
-        let ip = peer.ip().to_canonical();
+        let ip = crate::core::guests::client_key(peer.ip());
         let open = state.guests.open(ip)?;
         let session = crate::core::guests::start(state, bot, ip).await?;
         return Ok(Prepared {
@@ -196,7 +196,9 @@ fn frames_for(event: &Event, session: &str, me: &str) -> Vec<Value> {
                 "seq": d["seq"],
                 "session_id": session,
                 "conversation_id": event.conversation_id,
-                "sender": d["sender_name"].as_str().unwrap_or_else(|| d["sender_id"].as_str().unwrap_or_default()),
+                // Seed 004 reads `sender: "user" | "bot"`; the name is in `sender_name`.
+                "sender": if d["sender_type"] == "agent" { "bot" } else { "user" },
+                "sender_name": d["sender_name"],
                 "sender_id": d["sender_id"],
                 "sender_type": d["sender_type"],
                 "content": d["text"],
@@ -584,8 +586,11 @@ async fn guest_frame(
             state.guests.per_session.check(guest_id)?;
             state.guests.per_ip.check(&ip.to_string())?;
         }
-        // Typing has its own limit; pings do not count as activity.
-        "typing" => {}
+        // Typing has its own limit, checked before the session is touched; pings do
+        // not count as activity.
+        "typing" => {
+            state.typing_limiter.check(guest_id)?;
+        }
         _ => return Ok(()),
     }
     crate::core::guests::touch(state, access.conversation_id).await

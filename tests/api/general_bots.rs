@@ -365,3 +365,21 @@ async fn a_message_through_general_bots_reaches_socket_io_ws_and_v1_and_back() {
     assert_eq!(last["content"], "bot reply");
     assert_eq!(last["sender"], "bot");
 }
+
+#[tokio::test]
+async fn a_refused_start_leaves_no_conversation_behind() {
+    let app = spawn_app().await;
+    let long = "x".repeat(10_001);
+    let (status, body) = start(
+        &app,
+        "alice",
+        json!({ "bot_id": "bot-1", "initial_message": long }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM conversations")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}

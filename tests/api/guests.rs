@@ -34,7 +34,8 @@ async fn a_guest_talks_to_the_default_bot_only_and_guests_cannot_see_each_other(
     )
     .await;
     let reply = one.next("message", 3000).await.expect("the bot's reply");
-    assert_eq!(reply["sender"], "support-bot");
+    assert_eq!(reply["sender"], "bot");
+    assert_eq!(reply["sender_id"], "support-bot");
 
     // A second guest gets its own session and sees none of the first's.
     let mut two = Ws::connect_url(&url).await.expect("another guest");

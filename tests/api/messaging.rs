@@ -290,3 +290,33 @@ async fn bad_input_is_refused_and_messages_cross_surfaces() {
         .await;
     assert_eq!(read["messages"][1]["content"], "via v1");
 }
+
+#[tokio::test]
+async fn no_one_can_plant_the_direct_conversation_two_people_will_start() {
+    let app = spawn_app().await;
+    // Mallory cannot claim the reserved `dm:` platform ids through v1.
+    let (status, body) = app
+        .post(
+            &api("/conversations"),
+            &token("mallory"),
+            json!({ "platform_conversation_id": "dm:anything", "participants": ["alice", "bob"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (_, started) = app
+        .post(
+            &format!("{M}/conversations"),
+            &token("alice"),
+            json!({ "target_user_id": "bob" }),
+        )
+        .await;
+    assert_eq!(started["is_new"], true);
+    let id = started["id"].as_str().unwrap();
+    let (status, _) = app
+        .get(
+            &format!("{M}/conversations/{id}/messages"),
+            &token("mallory"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
