@@ -6,6 +6,7 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
+use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -92,7 +93,10 @@ async fn export(
             };
             Some((Ok::<_, std::io::Error>(chunk), (records, false, finished)))
         },
-    );
+    )
+    // The body (through compression) may poll once more after the end: fused, that is
+    // answered `None` instead of a panic.
+    .fuse();
     let content_type = match format {
         ExportFormat::Ndjson => "application/x-ndjson",
         ExportFormat::Json => "application/json",
