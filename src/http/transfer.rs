@@ -61,8 +61,8 @@ struct ExportQuery {
 /// webhooks, one `{type, …}` record each.
 #[utoipa::path(get, path = "/api/v1/communication/users/{user_id}/export", tag = "data",
     params(("user_id" = String, Path), ExportQuery),
-    responses((status = 200, description = "NDJSON records (or one JSON document with `format=json`)",
-               content_type = "application/x-ndjson", body = String),
+    responses((status = 200, description = "NDJSON records (or one JSON document `{\"records\": [...]}` with `format=json`)",
+               content((String = "application/x-ndjson"), (Object = "application/json"))),
               (status = 403, description = "FORBIDDEN: only the principal itself or an admin")),
     security(("bearer" = [])))]
 async fn export(
