@@ -7,6 +7,8 @@ use governor::{
     state::keyed::DefaultKeyedStateStore,
 };
 
+use axum::http::{HeaderMap, HeaderValue};
+
 use crate::error::AppError;
 
 /// What is left of a principal's allowance after a request was admitted.
@@ -16,6 +18,15 @@ pub struct Allowance {
     pub remaining: u32,
     /// Seconds until the allowance is full again.
     pub reset_secs: u64,
+}
+
+impl Allowance {
+    /// Writes it as the `X-RateLimit-Limit/-Remaining/-Reset` headers the seeds' clients read.
+    pub fn write(&self, headers: &mut HeaderMap) {
+        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset_secs));
+    }
 }
 
 pub struct RateLimiter {
@@ -60,6 +71,18 @@ impl RateLimiter {
                     retry_after_secs: wait.max(Duration::from_secs(1)).as_secs().max(1),
                 })
             }
+        }
+    }
+
+    /// What a refusal (`check`'s error) leaves: nothing, until its retry time.
+    pub fn refused(&self, error: &AppError) -> Allowance {
+        Allowance {
+            limit: self.limit,
+            remaining: 0,
+            reset_secs: match error {
+                AppError::RateLimited { retry_after_secs } => *retry_after_secs,
+                _ => 60,
+            },
         }
     }
 

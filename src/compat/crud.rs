@@ -353,10 +353,8 @@ async fn create(
     body: std::result::Result<Json<Write>, AppError>,
 ) -> Result<Response> {
     let Json(body) = accept(body)?;
-    let me = user_id(&me, body.user_id.as_deref())?;
+    let (me, entries) = prepare(&me, &body)?;
     let user = me.id.clone();
-    check_extras(&body)?;
-    let entries = transcript(body.messages.clone().unwrap_or_default())?;
     let chosen = match &body.id {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() => {
@@ -398,9 +396,7 @@ async fn create(
         transfer::append_transcript(&state, &me, id, entries, voices_of(&user, agent.as_deref()))
             .await?;
     }
-    if let Some(pinned) = body.is_pinned {
-        conversations::set_pinned(&state, &me, id, pinned).await?;
-    }
+    let view = settle(&state, &me, id, body.is_pinned).await?;
     let (status, message) = if created.is_new {
         (StatusCode::CREATED, "Conversation created successfully")
     } else {
@@ -409,7 +405,6 @@ async fn create(
             "Conversation already exists; new messages were appended",
         )
     };
-    let view = current(&state, &me, id).await?;
     Ok((
         status,
         Reply(
@@ -420,8 +415,20 @@ async fn create(
         .into_response())
 }
 
-/// The conversation as this API shows it.
-async fn current(state: &AppState, me: &Principal, id: Uuid) -> Result<Value> {
+/// The start of every write: who acts (the caller, or the `userId` a service names) and
+/// the `messages`, checked before anything is changed.
+fn prepare(caller: &Principal, body: &Write) -> Result<(Principal, Vec<TranscriptEntry>)> {
+    let me = user_id(caller, body.user_id.as_deref())?;
+    check_extras(body)?;
+    let entries = transcript(body.messages.clone().unwrap_or_default())?;
+    Ok((me, entries))
+}
+
+/// The end of every write: the pin, then the conversation as this API shows it.
+async fn settle(state: &AppState, me: &Principal, id: Uuid, pinned: Option<bool>) -> Result<Value> {
+    if let Some(pinned) = pinned {
+        conversations::set_pinned(state, me, id, pinned).await?;
+    }
     let conversation = conversations::get(state, me, id).await?;
     let mut conn = state.db.acquire().await.map_err(AppError::from)?;
     let log = transfer::visible_log(&mut conn, id).await?;
@@ -436,11 +443,9 @@ async fn update(
     body: std::result::Result<Json<Write>, AppError>,
 ) -> Result<Response> {
     let Json(body) = accept(body)?;
-    let me = user_id(&me, body.user_id.as_deref())?;
+    let (me, entries) = prepare(&me, &body)?;
     let user = me.id.clone();
     let id = conversation_id(&user, &body)?;
-    check_extras(&body)?;
-    let entries = transcript(body.messages.clone().unwrap_or_default())?;
     let existing = conversations::get(&state, &me, id).await?;
     // Everything but the pin is the owner's: checked before anything is changed.
     if body.messages.is_some()
@@ -487,10 +492,7 @@ async fn update(
         )
         .await?;
     }
-    if let Some(pinned) = body.is_pinned {
-        conversations::set_pinned(&state, &me, id, pinned).await?;
-    }
-    let view = current(&state, &me, id).await?;
+    let view = settle(&state, &me, id, body.is_pinned).await?;
     Ok(Reply(json!({ "success": true, "conversation": view,
                      "message": "Conversation updated successfully", "requestId": request_id() }))
     .into_response())

@@ -96,12 +96,6 @@ pub fn router(state: &AppState) -> Router<AppState> {
         ))
 }
 
-/// The seed's conversation ids are ours: anything else names no conversation.
-fn conversation_id(id: &str) -> Result<Uuid> {
-    id.parse()
-        .map_err(|_| AppError::NotFound("conversation").into())
-}
-
 #[derive(Deserialize)]
 struct Start {
     bot_id: String,
@@ -145,7 +139,11 @@ async fn start(
             text,
             ..Default::default()
         };
-        messages::send(&state, &me, id, input, options()).await?;
+        let options = SendOptions {
+            source: Some(SOURCE.into()),
+            ..Default::default()
+        };
+        messages::send(&state, &me, id, input, options).await?;
     }
     Ok(
         Reply(json!({ "conversation_id": id, "session_id": id, "status": "active" }))
@@ -153,12 +151,8 @@ async fn start(
     )
 }
 
-fn options() -> SendOptions {
-    SendOptions {
-        source: Some("general-bots".into()),
-        ..Default::default()
-    }
-}
+/// What messages sent here carry as their `source`.
+const SOURCE: &str = "general-bots";
 
 #[derive(Deserialize)]
 struct Send {
@@ -176,19 +170,17 @@ async fn send(
     body: std::result::Result<Json<Send>, AppError>,
 ) -> Result<Response> {
     let Path(id) = accept(path)?;
-    let id = conversation_id(&id)?;
     let Json(body) = accept(body)?;
-    let Some(Value::String(text)) = body.content else {
-        return Err(AppError::invalid_field("content", "must be a non-empty string").into());
-    };
-    let input = SendMessage {
-        text,
-        attachments: body.attachments,
-        client_message_id: body.client_message_id,
-        ..Default::default()
-    };
-    // A retried `client_message_id` answers with the message stored the first time.
-    let sent = messages::send(&state, &me, id, input, options()).await?;
+    let sent = super::send_content(
+        &state,
+        &me,
+        &id,
+        body.content,
+        body.attachments,
+        body.client_message_id,
+        SOURCE,
+    )
+    .await?;
     Ok(Reply(json!({
         "message_id": sent.message.id,
         "timestamp": sent.message.created_at,
@@ -231,7 +223,7 @@ async fn history(
 ) -> Result<Response> {
     let Path(id) = accept(path)?;
     let Query(q) = accept(query)?;
-    let id = conversation_id(&id)?;
+    let id = super::conversation_id(&id)?;
     let before = instant("before", q.before.as_deref())?;
     let after = instant("after", q.after.as_deref())?;
     let page = history::by_time(&state, &me, id, before, after, q.limit).await?;

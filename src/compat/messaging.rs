@@ -24,7 +24,7 @@ use crate::{
         },
         events::Origin,
         history, insights,
-        messages::{self, Message, SendMessage, SendOptions},
+        messages::Message,
         participants::NewParticipant,
         profiles::{self, Profile},
         reads::{self, MarkRead},
@@ -68,11 +68,6 @@ pub fn router(state: &AppState) -> Router<AppState> {
         )
         .route("/messaging/agent-conversations", get(agent_conversations));
     super::guarded::<Messaging>(state, None, routes)
-}
-
-fn conversation_id(id: &str) -> Result<Uuid> {
-    id.parse()
-        .map_err(|_| AppError::NotFound("conversation").into())
 }
 
 /// Messages one read returns at most (the newest).
@@ -348,7 +343,7 @@ async fn read_messages(
     path: std::result::Result<Path<String>, AppError>,
 ) -> Result<Response> {
     let Path(id) = accept(path)?;
-    let id = conversation_id(&id)?;
+    let id = super::conversation_id(&id)?;
     let conversation = conversations::get(&state, &me, id).await?;
     // The newest page, oldest first; deleted messages are left out.
     let page = history::history(
@@ -388,21 +383,17 @@ async fn send(
     body: std::result::Result<Json<Send>, AppError>,
 ) -> Result<Response> {
     let Path(id) = accept(path)?;
-    let id = conversation_id(&id)?;
     let Json(body) = accept(body)?;
-    let Some(Value::String(text)) = body.content else {
-        return Err(AppError::invalid_field("content", "must be a non-empty string").into());
-    };
-    let input = SendMessage {
-        text,
-        client_message_id: body.client_message_id,
-        ..Default::default()
-    };
-    let options = SendOptions {
-        source: Some("messaging".into()),
-        ..Default::default()
-    };
-    let sent = messages::send(&state, &me, id, input, options).await?;
+    let sent = super::send_content(
+        &state,
+        &me,
+        &id,
+        body.content,
+        Vec::new(),
+        body.client_message_id,
+        "messaging",
+    )
+    .await?;
     let shaped = shape_messages(&state, std::slice::from_ref(&sent.message)).await?;
     Ok(Reply(shaped.into_iter().next().unwrap_or(Value::Null)).into_response())
 }

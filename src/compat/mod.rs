@@ -19,7 +19,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{auth::Principal, error::AppError, limits::RateLimiter, state::AppState};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    auth::Principal,
+    core::messages::{self, Attachment, SendMessage, SendOptions, Sent},
+    error::AppError,
+    limits::RateLimiter,
+    state::AppState,
+};
 
 /// How one seed system words an error.
 pub trait Dialect: Send + Sync + 'static {
@@ -97,40 +106,29 @@ async fn guard<D: Dialect>(State(g): State<Guarded>, mut request: Request, next:
     // only the server's own.
     let seed_limit = g.limit.as_ref().filter(|_| !principal.is_privileged());
     let limiter = seed_limit.unwrap_or(&g.state.limiter);
+    let refuse = |limiter: &crate::limits::RateLimiter, e: AppError| {
+        crate::metrics::rate_limited("compat");
+        let refused = limiter.refused(&e);
+        let mut response = Fail::<D>::from(e).into_response();
+        refused.write(response.headers_mut());
+        response
+    };
     let allowance = match limiter.check(&principal.id) {
         Ok(a) => a,
-        Err(e) => {
-            crate::metrics::rate_limited("compat");
-            let retry = match &e {
-                AppError::RateLimited { retry_after_secs } => *retry_after_secs,
-                _ => 60,
-            };
-            let mut response = Fail::<D>::from(e).into_response();
-            let h = response.headers_mut();
-            h.insert("x-ratelimit-limit", HeaderValue::from(limiter.limit()));
-            h.insert("x-ratelimit-remaining", HeaderValue::from(0));
-            h.insert("x-ratelimit-reset", HeaderValue::from(retry));
-            return response;
-        }
+        Err(e) => return refuse(limiter, e),
     };
     // The server-wide allowance applies too; the seed's (tighter) one is what is shown.
     if seed_limit.is_some()
         && let Err(e) = g.state.limiter.check(&principal.id)
     {
-        return Fail::<D>::from(e).into_response();
+        return refuse(&g.state.limiter, e);
     }
     if let Err(e) = crate::core::profiles::remember_claims(&g.state, &principal).await {
         return Fail::<D>::from(e).into_response();
     }
     request.extensions_mut().insert(principal);
     let mut response = next.run(request).await;
-    let h = response.headers_mut();
-    h.insert("x-ratelimit-limit", HeaderValue::from(allowance.limit));
-    h.insert(
-        "x-ratelimit-remaining",
-        HeaderValue::from(allowance.remaining),
-    );
-    h.insert("x-ratelimit-reset", HeaderValue::from(allowance.reset_secs));
+    allowance.write(response.headers_mut());
     response
 }
 
@@ -165,6 +163,43 @@ pub fn guarded<D: Dialect>(
 /// `Result<X, AppError>` and pass it through this.
 pub fn accept<T, D>(extracted: Result<T, AppError>) -> Result<T, Fail<D>> {
     extracted.map_err(Fail::from)
+}
+
+/// The seeds' conversation ids are ours: anything else names no conversation.
+pub fn conversation_id(id: &str) -> Result<Uuid, AppError> {
+    id.parse().map_err(|_| AppError::NotFound("conversation"))
+}
+
+/// A seed's send: string `content` into conversation `id`, through the same core call a
+/// v1 send makes; `source` names the adapter in the message's metadata. A retried
+/// `client_message_id` answers with the message stored the first time.
+pub async fn send_content(
+    state: &AppState,
+    me: &Principal,
+    id: &str,
+    content: Option<Value>,
+    attachments: Vec<Attachment>,
+    client_message_id: Option<String>,
+    source: &str,
+) -> Result<Sent, AppError> {
+    let id = conversation_id(id)?;
+    let Some(Value::String(text)) = content else {
+        return Err(AppError::invalid_field(
+            "content",
+            "must be a non-empty string",
+        ));
+    };
+    let input = SendMessage {
+        text,
+        attachments,
+        client_message_id,
+        ..Default::default()
+    };
+    let options = SendOptions {
+        source: Some(source.to_owned()),
+        ..Default::default()
+    };
+    messages::send(state, me, id, input, options).await
 }
 
 /// One adapter's routes: `(method, path)` below its prefix.

@@ -12,7 +12,7 @@ mod transfer;
 use axum::{
     Router,
     extract::{FromRequest, FromRequestParts, Request, State},
-    http::{HeaderValue, StatusCode, Uri, request::Parts},
+    http::{StatusCode, Uri, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
@@ -308,18 +308,9 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         Ok(a) => a,
         Err(e) => {
             crate::metrics::rate_limited("rest");
-            let retry_after = match &e {
-                AppError::RateLimited { retry_after_secs } => *retry_after_secs,
-                _ => 60,
-            };
+            let refused = state.limiter.refused(&e);
             let mut response = e.into_response();
-            let h = response.headers_mut();
-            h.insert(
-                "x-ratelimit-limit",
-                HeaderValue::from(state.config.rate_limit_per_minute),
-            );
-            h.insert("x-ratelimit-remaining", HeaderValue::from(0));
-            h.insert("x-ratelimit-reset", HeaderValue::from(retry_after));
+            refused.write(response.headers_mut());
             return response;
         }
     };
@@ -328,13 +319,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     }
     request.extensions_mut().insert(principal);
     let mut response = next.run(request).await;
-    let h = response.headers_mut();
-    h.insert("x-ratelimit-limit", HeaderValue::from(allowance.limit));
-    h.insert(
-        "x-ratelimit-remaining",
-        HeaderValue::from(allowance.remaining),
-    );
-    h.insert("x-ratelimit-reset", HeaderValue::from(allowance.reset_secs));
+    allowance.write(response.headers_mut());
     response
 }
 
