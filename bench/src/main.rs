@@ -3,6 +3,7 @@
 
 mod agents;
 mod cluster;
+mod compat;
 mod data;
 mod delivery;
 mod realtime;
@@ -38,7 +39,9 @@ pub struct Args {
     pub server_pid: Option<u32>,
     /// Comma list of: steady, fanout, idle, history, limit, cluster (not in the default:
     /// it starts its own processes, see `--colloquy-bin`), webhook and responder (not in
-    /// the default: the server needs `WEBHOOK_ALLOW_PRIVATE=true` to reach this tool).
+    /// the default: the server needs `WEBHOOK_ALLOW_PRIVATE=true` to reach this tool),
+    /// adapters (not in the default: it writes ~10^5–10^6 messages through the seed
+    /// systems' routes and `import`).
     #[arg(long, default_value = "steady,fanout,idle,history,limit")]
     pub scenarios: String,
     /// Measured time of each timed scenario.
@@ -288,6 +291,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             "cluster" => cluster::run(&ctx).await,
             "webhook" => agents::webhook(&ctx).await.map(|r| vec![r]),
             "responder" => agents::responder(&ctx).await.map(|r| vec![r]),
+            "adapters" => compat::adapters(&ctx).await,
             other => bail!("unknown scenario {other}"),
         };
         match result {
