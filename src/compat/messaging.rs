@@ -394,6 +394,19 @@ async fn send(
         "messaging",
     )
     .await?;
-    let shaped = shape_messages(&state, std::slice::from_ref(&sent.message)).await?;
-    Ok(Reply(shaped.into_iter().next().unwrap_or(Value::Null)).into_response())
+    let message = &sent.message;
+    // The sender is the caller: its token just said who it is (and was remembered), so
+    // only a nameless caller needs the stored fallbacks.
+    let shaped = match Profile::claimed(&me) {
+        Some(profile) if message.sender_id == me.id && message.sender_type != "agent" => {
+            let people = HashMap::from([(me.id.clone(), profile)]);
+            message_json(message, &HashMap::new(), &people)
+        }
+        _ => shape_messages(&state, std::slice::from_ref(message))
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or(Value::Null),
+    };
+    Ok(Reply(shaped).into_response())
 }

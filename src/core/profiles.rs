@@ -27,6 +27,21 @@ impl Profile {
             avatar_url: None,
         }
     }
+
+    /// What a principal's own token says, when it names the principal (the stored row
+    /// holds the same, written by [`remember_claims`]).
+    pub fn claimed(principal: &Principal) -> Option<Self> {
+        let name = principal.name.clone()?;
+        Some(Self {
+            user_id: principal.id.clone(),
+            handle: principal
+                .handle
+                .clone()
+                .unwrap_or_else(|| principal.id.clone()),
+            display_name: name,
+            avatar_url: principal.picture.clone(),
+        })
+    }
 }
 
 /// The profile rows this process already wrote, by principal, so a principal's every

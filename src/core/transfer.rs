@@ -491,10 +491,20 @@ pub async fn erase(state: &AppState, principal: &Principal, id: &str) -> AppResu
     // Its messages: tombstones, as a delete leaves them (contract §3), and nameless.
     let tombstoned: Vec<(Uuid,)> = sqlx::query_as(
         r#"
+        WITH mine AS (
+            -- Conversation by conversation through the (conversation, sender) index; the
+            -- OFFSET keeps the planner from turning this into a scan of every message.
+            SELECT x.id FROM conversations c CROSS JOIN LATERAL (
+                SELECT m.id FROM messages m
+                WHERE m.conversation_id = c.id AND m.sender_id = $1
+                  AND (m.deleted_at IS NULL OR m.sender_name IS NOT NULL)
+                OFFSET 0
+            ) x
+        )
         UPDATE messages
         SET deleted_at = coalesce(deleted_at, now()), updated_at = now(), sender_name = NULL,
             text = '', attachments = '[]', metadata = '{}', edit_history = '[]', reactions = '{}'
-        WHERE sender_id = $1 AND (deleted_at IS NULL OR sender_name IS NOT NULL)
+        WHERE id IN (SELECT id FROM mine)
         RETURNING id
         "#,
     )
@@ -689,26 +699,52 @@ async fn export_records(state: &AppState, id: &str, out: &mpsc::Sender<Value>) -
             emit!(v);
         }
     }
+    // Its messages, conversation by conversation: found through the per-conversation
+    // sender index, so the send path keeps no index of its own for this rare read.
     let mut after = Uuid::nil();
     loop {
-        let rows: Vec<Row> = sqlx::query_as(concat!(
-            message_select!(),
-            "WHERE m.sender_id = $1 AND m.id > $2 AND m.deleted_at IS NULL ORDER BY m.id LIMIT $3"
-        ))
+        let conversations: Vec<(Uuid,)> = sqlx::query_as(
+            r#"
+            SELECT c.id FROM conversations c
+            WHERE c.id > $2 AND EXISTS (SELECT 1 FROM messages m
+                                        WHERE m.conversation_id = c.id AND m.sender_id = $1)
+            ORDER BY c.id LIMIT $3
+            "#,
+        )
         .bind(id)
         .bind(after)
         .bind(EXPORT_PAGE)
         .fetch_all(&state.db)
         .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.id;
-        for row in rows {
-            let message: Message = row.into();
-            let mut v = serde_json::to_value(&message).unwrap_or(Value::Null);
-            if let Some(o) = v.as_object_mut() {
-                o.insert("type".into(), json!("message"));
+        let Some(&(last,)) = conversations.last() else {
+            break;
+        };
+        after = last;
+        for (conversation,) in conversations {
+            let mut seq = 0i64;
+            loop {
+                let rows: Vec<Row> = sqlx::query_as(concat!(
+                    message_select!(),
+                    "WHERE m.conversation_id = $1 AND m.sender_id = $2 AND m.seq > $3
+                       AND m.deleted_at IS NULL ORDER BY m.seq LIMIT $4"
+                ))
+                .bind(conversation)
+                .bind(id)
+                .bind(seq)
+                .bind(EXPORT_PAGE)
+                .fetch_all(&state.db)
+                .await?;
+                let Some(last) = rows.last() else { break };
+                seq = last.seq;
+                for row in rows {
+                    let message: Message = row.into();
+                    let mut v = serde_json::to_value(&message).unwrap_or(Value::Null);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("type".into(), json!("message"));
+                    }
+                    emit!(v);
+                }
             }
-            emit!(v);
         }
     }
     let reactions: Vec<ReactionRecord> = sqlx::query_as(
