@@ -222,11 +222,21 @@ impl Dispatcher {
             .await?;
         let rows = sqlx::query_as(
             r#"
-            WITH heads AS (
-                SELECT DISTINCT ON (webhook_id, conversation_id)
-                       webhook_id, conversation_id, pos, next_attempt_at, leased_until
-                FROM webhook_deliveries WHERE state = 'pending'
-                ORDER BY webhook_id, conversation_id, pos
+            WITH RECURSIVE heads AS (
+                -- Each queue's first pending row, one index descent per queue (a loose
+                -- index scan): a claim costs the number of queues, not the backlog.
+                (SELECT webhook_id, conversation_id, pos, next_attempt_at, leased_until
+                 FROM webhook_deliveries WHERE state = 'pending'
+                 ORDER BY webhook_id, conversation_id, pos LIMIT 1)
+                UNION ALL
+                SELECT n.webhook_id, n.conversation_id, n.pos, n.next_attempt_at, n.leased_until
+                FROM heads h CROSS JOIN LATERAL (
+                    SELECT d.webhook_id, d.conversation_id, d.pos, d.next_attempt_at, d.leased_until
+                    FROM webhook_deliveries d
+                    WHERE d.state = 'pending'
+                      AND (d.webhook_id, d.conversation_id) > (h.webhook_id, h.conversation_id)
+                    ORDER BY d.webhook_id, d.conversation_id, d.pos LIMIT 1
+                ) n
             ), due AS (
                 SELECT h.webhook_id, h.conversation_id, h.next_attempt_at, h.pos,
                        row_number() OVER (PARTITION BY h.webhook_id
@@ -235,12 +245,9 @@ impl Dispatcher {
                 JOIN webhooks w ON w.id = h.webhook_id AND w.active
                 WHERE h.next_attempt_at <= now()
                   AND NOT (h.webhook_id = ANY($1))
-                  -- No row of the queue is leased (a replayed dead letter is a new head
-                  -- while its successors may still be on their way).
-                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries l
-                                  WHERE l.state = 'pending' AND l.webhook_id = h.webhook_id
-                                    AND l.conversation_id = h.conversation_id
-                                    AND l.leased_until >= now())
+                  -- A queue in flight has its head leased: leases cover a prefix of the
+                  -- queue (a replayed dead letter joins at the back).
+                  AND (h.leased_until IS NULL OR h.leased_until < now())
             ), ready AS (
                 SELECT webhook_id, conversation_id FROM due
                 WHERE rank <= $5
@@ -447,12 +454,35 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// Deletes delivered rows in batches (and notes the endpoints' last success).
+/// How often the finisher vacuums the outbox while it deletes, and analyzes it.
+const VACUUM_EVERY: Duration = Duration::from_secs(2);
+const ANALYZE_EVERY: Duration = Duration::from_secs(30);
+
+/// Deletes delivered rows in batches (and notes the endpoints' last success), and keeps
+/// the outbox's indexes clean: every delivery leaves dead index entries at the front of its
+/// queue, which each claim would otherwise walk until autovacuum (a minute or more) came.
 async fn finish(state: AppState, mut delivered: mpsc::Receiver<(i64, Uuid)>) {
     let mut batch = Vec::with_capacity(1024);
+    let mut vacuumed = Instant::now();
+    let mut analyzed = Instant::now();
+    let mut deleted_since = 0usize;
     loop {
         if delivered.recv_many(&mut batch, 1024).await == 0 {
             return;
+        }
+        deleted_since += batch.len();
+        if deleted_since >= 1000 && vacuumed.elapsed() >= VACUUM_EVERY {
+            let statement = if analyzed.elapsed() >= ANALYZE_EVERY {
+                analyzed = Instant::now();
+                "VACUUM (ANALYZE) webhook_deliveries"
+            } else {
+                "VACUUM webhook_deliveries"
+            };
+            if let Err(e) = sqlx::query(statement).execute(&state.delivery_db).await {
+                tracing::debug!(error = %e, "could not vacuum the webhook outbox");
+            }
+            vacuumed = Instant::now();
+            deleted_since = 0;
         }
         let positions: Vec<i64> = batch.iter().map(|(p, _)| *p).collect();
         let mut endpoints: Vec<Uuid> = batch.iter().map(|(_, w)| *w).collect();
@@ -502,9 +532,13 @@ async fn gauges(state: AppState) {
             crate::metrics::webhook_queue(pending, oldest.unwrap_or(0.0), dead);
         }
         // Rows a racing send wrote for an endpoint deleted meanwhile.
+        // `= ANY(ARRAY(…))` runs the search once, whatever the planner believes about a
+        // table that goes from empty to thousands of rows between analyses (as `IN (…)` it
+        // could be re-run per row: seconds of CPU under load).
         let _ = sqlx::query(
-            "DELETE FROM webhook_deliveries WHERE pos IN (SELECT d.pos FROM webhook_deliveries d
-             WHERE NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id) LIMIT 10000)",
+            "DELETE FROM webhook_deliveries WHERE pos = ANY(ARRAY(
+                 SELECT d.pos FROM webhook_deliveries d LEFT JOIN webhooks w ON w.id = d.webhook_id
+                 WHERE w.id IS NULL LIMIT 10000))",
         )
         .execute(&state.delivery_db)
         .await;

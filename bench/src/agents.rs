@@ -138,10 +138,20 @@ async fn complete() -> ([(&'static str, &'static str); 1], String) {
     ([("content-type", "text/event-stream")], body)
 }
 
-pub async fn responder(ctx: &Ctx) -> anyhow::Result<Row> {
+/// Two rows: one conversation asking one question at a time (the latency of a reply on
+/// an otherwise quiet server), then 20 at once (the load a server sustains).
+pub async fn responder(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for conversations in [1, 20] {
+        rows.push(responder_with(ctx, conversations).await?);
+    }
+    Ok(rows)
+}
+
+async fn responder_with(ctx: &Ctx, conversations: usize) -> anyhow::Result<Row> {
     let (addr, provider) =
         serve(Router::new().route("/v1/chat/completions", post(complete))).await?;
-    let agent = format!("{}-agent", ctx.run);
+    let agent = format!("{}-agent{conversations}", ctx.run);
     admin(
         ctx,
         reqwest::Method::PUT,
@@ -149,10 +159,9 @@ pub async fn responder(ctx: &Ctx) -> anyhow::Result<Row> {
         json!({ "model": "bench", "base_url": format!("http://{addr}/v1"), "max_history": 10 }),
     )
     .await?;
-    let conversations = 20;
     let mut users = Vec::new();
     for i in 0..conversations {
-        let user = format!("{}-ru{i}", ctx.run);
+        let user = format!("{}-ru{conversations}-{i}", ctx.run);
         let data = ctx
             .post(
                 &user,
@@ -235,9 +244,11 @@ pub async fn responder(ctx: &Ctx) -> anyhow::Result<Row> {
             })
         })
         .collect();
-    let mut row = Row::new(format!(
-        "responder ({conversations} conversations, one question at a time each)"
-    ));
+    let mut row = Row::new(if conversations == 1 {
+        "responder (1 conversation, one question at a time)".to_owned()
+    } else {
+        format!("responder ({conversations} conversations, one question at a time each)")
+    });
     let mut replies = 0;
     for t in tasks {
         let (first, r, e) = t.await?;

@@ -281,7 +281,8 @@ pub async fn adapters(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                         "sender_id": if i % 2 == 0 { "alice" } else { "bob" },
                         "text": format!("imported message {n} of worker {w}"),
                         "created_at": chrono::DateTime::from_timestamp_millis(base + n as i64)
-                            .unwrap_or_default(),
+                            .unwrap_or_default()
+                            .to_rfc3339(),
                         "client_message_id": format!("import-{w}-{n}"),
                     })
                 })

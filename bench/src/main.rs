@@ -290,7 +290,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             "limit" => data::limit(&ctx).await,
             "cluster" => cluster::run(&ctx).await,
             "webhook" => agents::webhook(&ctx).await.map(|r| vec![r]),
-            "responder" => agents::responder(&ctx).await.map(|r| vec![r]),
+            "responder" => agents::responder(&ctx).await,
             "adapters" => compat::adapters(&ctx).await,
             other => bail!("unknown scenario {other}"),
         };

@@ -559,7 +559,10 @@ pub async fn replay(
         r#"
         UPDATE webhook_deliveries
         SET state = 'pending', attempts = 0, next_attempt_at = now(), created_at = now(),
-            last_error = NULL, last_status = NULL, leased_until = NULL
+            last_error = NULL, last_status = NULL, leased_until = NULL,
+            -- At the back of its queue: what is already queued (perhaps in flight) goes
+            -- first, and only a queue's first rows are ever leased.
+            pos = nextval(pg_get_serial_sequence('webhook_deliveries', 'pos'))
         WHERE webhook_id = $1 AND id = $2 AND state = 'dead'
         RETURNING id, event_type, conversation_id, state, attempts, next_attempt_at, last_status,
                   last_error, occurred_at
