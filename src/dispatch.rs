@@ -2,12 +2,13 @@
 //!
 //! Every process runs one dispatcher. A dispatcher **claims** work in a short transaction
 //! under a cluster-wide advisory lock: for each (endpoint, conversation) queue whose head
-//! is due and not leased, it leases up to [`PER_QUEUE`] consecutive deliveries. One task per
-//! claimed queue then sends them in order; a failure gives that delivery its backoff and
-//! releases the rest, so the queue waits (in order) while other queues and endpoints go on.
-//! Delivered rows are deleted in batches. A process that dies mid-send leaves leases that
-//! expire: the deliveries go out again with the same id (at least once, never two
-//! processes at a time).
+//! is due and not leased, it leases the head (the queue's lock) and takes up to
+//! [`PER_QUEUE`] consecutive deliveries. One task per claimed queue then sends them in
+//! order; a failure gives that delivery its backoff, so the queue waits (in order) while
+//! other queues and endpoints go on. A batch's delivered rows are deleted together, head
+//! included, so the queue stays locked until none of them is left. A process that dies
+//! mid-send leaves a lease that expires: the deliveries go out again with the same id (at
+//! least once, never two processes at a time).
 
 use std::{
     collections::HashMap,
@@ -76,7 +77,8 @@ struct Dispatcher {
     lease: Duration,
     slots: Arc<Semaphore>,
     busy: Arc<Mutex<HashMap<Uuid, usize>>>,
-    delivered: mpsc::Sender<(i64, Uuid)>,
+    /// Each sent batch's delivered rows, as one message: they are deleted together.
+    delivered: mpsc::Sender<Vec<(i64, Uuid)>>,
 }
 
 /// Starts the dispatcher, its finisher (deletes delivered rows in batches) and the queue
@@ -84,7 +86,7 @@ struct Dispatcher {
 pub fn spawn(state: &AppState) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let timeout = Duration::from_secs(state.config.webhook_timeout_seconds.max(1));
     let client = state.outbound.client(Some(timeout))?;
-    let (delivered, finished) = mpsc::channel(8192);
+    let (delivered, finished) = mpsc::channel(1024);
     let dispatcher = Arc::new(Dispatcher {
         state: state.clone(),
         client,
@@ -186,8 +188,7 @@ impl Dispatcher {
             queue.sort_by_key(|r| r.pos);
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 // Not sent now: give the lease back so the queue is due again at once.
-                self.release(&queue.iter().map(|r| r.pos).collect::<Vec<_>>())
-                    .await;
+                self.release(&[queue[0].pos]).await;
                 continue;
             };
             let webhook = queue[0].webhook_id;
@@ -249,7 +250,7 @@ impl Dispatcher {
                   -- queue (a replayed dead letter joins at the back).
                   AND (h.leased_until IS NULL OR h.leased_until < now())
             ), ready AS (
-                SELECT webhook_id, conversation_id FROM due
+                SELECT webhook_id, conversation_id, pos FROM due
                 WHERE rank <= $5
                 ORDER BY next_attempt_at, pos
                 LIMIT $2
@@ -260,13 +261,17 @@ impl Dispatcher {
                       AND d.conversation_id = r.conversation_id
                     ORDER BY d.pos LIMIT $3
                 ) q
+            ), leased AS (
+                -- The head's lease locks its queue: rows only ever leave a queue from
+                -- the front, and a batch's delivered rows are deleted together.
+                UPDATE webhook_deliveries d
+                SET leased_until = now() + $4 * interval '1 millisecond'
+                FROM ready r WHERE d.pos = r.pos
             )
-            UPDATE webhook_deliveries d
-            SET leased_until = now() + $4 * interval '1 millisecond'
-            FROM picked, webhooks w
-            WHERE d.pos = picked.pos AND w.id = d.webhook_id
-            RETURNING d.pos, d.id, d.webhook_id, d.conversation_id, d.event_type, d.message_id,
-                      d.data, d.occurred_at, d.attempts, d.created_at, w.url, w.secret
+            SELECT d.pos, d.id, d.webhook_id, d.conversation_id, d.event_type, d.message_id,
+                   d.data, d.occurred_at, d.attempts, d.created_at, w.url, w.secret
+            FROM picked JOIN webhook_deliveries d ON d.pos = picked.pos
+            JOIN webhooks w ON w.id = d.webhook_id
             "#,
         )
         .bind(busy)
@@ -302,12 +307,11 @@ impl Dispatcher {
 
     async fn send_queue(&self, queue: Vec<Claimed>, messages: &HashMap<Uuid, Value>) {
         let started = Instant::now();
-        for (i, row) in queue.iter().enumerate() {
+        let mut delivered = Vec::with_capacity(queue.len());
+        for row in &queue {
             if self.state.shutdown.is_cancelled() || started.elapsed() > self.lease / 2 {
                 // The rest goes in a later claim (by any process), still in order.
-                self.release(&queue[i..].iter().map(|r| r.pos).collect::<Vec<_>>())
-                    .await;
-                return;
+                break;
             }
             let data = match row.message_id {
                 Some(id) => messages
@@ -330,22 +334,25 @@ impl Dispatcher {
                     crate::metrics::webhook_delivered(
                         (Utc::now() - row.occurred_at).to_std().unwrap_or_default(),
                     );
-                    if self
-                        .delivered
-                        .send((row.pos, row.webhook_id))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+                    delivered.push((row.pos, row.webhook_id));
                 }
                 Err((status, error)) => {
+                    // Its backoff holds the queue (in order) until it is due again.
                     self.failed(row, status, &error).await;
-                    self.release(&queue[i + 1..].iter().map(|r| r.pos).collect::<Vec<_>>())
-                        .await;
-                    return;
+                    break;
                 }
             }
+        }
+        if delivered.is_empty() {
+            // Nothing left the queue: unlock it (a failed head is unlocked already).
+            if let Some(head) = queue.first() {
+                self.release(&[head.pos]).await;
+            }
+        } else {
+            // The delivered rows, head first, are deleted together: the queue stays locked
+            // by its head until they are gone. Should that fail, the lease runs out and
+            // they go again with the same ids.
+            let _ = self.delivered.send(delivered).await;
         }
     }
 
@@ -461,15 +468,17 @@ const ANALYZE_EVERY: Duration = Duration::from_secs(30);
 /// Deletes delivered rows in batches (and notes the endpoints' last success), and keeps
 /// the outbox's indexes clean: every delivery leaves dead index entries at the front of its
 /// queue, which each claim would otherwise walk until autovacuum (a minute or more) came.
-async fn finish(state: AppState, mut delivered: mpsc::Receiver<(i64, Uuid)>) {
+async fn finish(state: AppState, mut delivered: mpsc::Receiver<Vec<(i64, Uuid)>>) {
+    let mut batches = Vec::with_capacity(64);
     let mut batch = Vec::with_capacity(1024);
     let mut vacuumed = Instant::now();
     let mut analyzed = Instant::now();
     let mut deleted_since = 0usize;
     loop {
-        if delivered.recv_many(&mut batch, 1024).await == 0 {
+        if delivered.recv_many(&mut batches, 64).await == 0 {
             return;
         }
+        batch.extend(batches.drain(..).flatten());
         deleted_since += batch.len();
         if deleted_since >= 1000 && vacuumed.elapsed() >= VACUUM_EVERY {
             let statement = if analyzed.elapsed() >= ANALYZE_EVERY {
