@@ -381,6 +381,7 @@ async fn create(
         &me,
         CreateConversation {
             conversation_id: chosen,
+            migrated: chosen.is_some(),
             name: body.title.clone(),
             participants,
             metadata: Some(json!({ "crud": { "agentId": body.agent_id, "mode": body.mode } })),

@@ -174,8 +174,12 @@ pub enum ParticipantSpec {
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct CreateConversation {
     /// The id to give a new conversation (a UUID the client chose, seed 000). Ignored when
-    /// `platform_conversation_id` names an existing conversation.
+    /// `platform_conversation_id` names an existing conversation. Not a name-based
+    /// (version 5) UUID: those are reserved for migrated conversations.
     #[serde(alias = "conversationId")]
+    #[schema(
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-46-9a-fA-F][0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub conversation_id: Option<Uuid>,
     /// Who creates the conversation and becomes its owner. A user may only name
     /// themselves; a service or admin creates on behalf of anyone.
@@ -214,6 +218,11 @@ pub struct CreateConversation {
     /// direct conversation of the messaging API, one per pair).
     #[serde(skip)]
     pub direct: bool,
+    /// Set by the core's own callers only: `conversation_id` is a name-based (version 5)
+    /// id the CRUD API derives from its user and the client's own id. No one else may
+    /// claim one (and so take the id a user's migration will ask for).
+    #[serde(skip)]
+    pub migrated: bool,
 }
 
 /// Platform ids the messaging API derives for direct conversations; no one else may
@@ -240,6 +249,14 @@ pub async fn create(
                 "ids starting with `dm:` are reserved for direct conversations",
             ));
         }
+    }
+    if let Some(id) = input.conversation_id
+        && (id.get_version_num() == 5) != input.migrated
+    {
+        return Err(AppError::invalid_field(
+            "conversation_id",
+            "name-based (version 5) UUIDs are reserved for migrated conversations",
+        ));
     }
     if let Some(name) = &input.name {
         validate::max_chars("name", name, validate::MAX_NAME_CHARS)?;

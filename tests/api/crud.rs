@@ -430,6 +430,19 @@ async fn only_the_owner_writes_the_transcript_and_a_client_may_keep_its_own_id()
     )
     .await;
     let id = created["conversation"]["id"].as_str().unwrap().to_owned();
+    // Migrated ids are name-based (version 5): no one can take one through v1 before the
+    // migration asks for it.
+    for squat in [id.as_str(), "6f1d52c4-8a0e-5b8e-9c1f-0c0d2a3b003c"] {
+        let (status, body) = app
+            .post(
+                &api("/conversations"),
+                &token("mallory"),
+                json!({ "conversation_id": squat, "name": "mine now" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{squat}: {body}");
+        assert_eq!(body["code"], "VALIDATION_ERROR", "{body}");
+    }
     let (status, _) = app
         .post(
             &api(&format!("/conversations/{id}/participants")),
