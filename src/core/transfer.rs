@@ -281,14 +281,8 @@ pub async fn visible_log(
     conn: &mut PgConnection,
     conversation_id: Uuid,
 ) -> AppResult<Vec<Message>> {
-    let rows: Vec<Row> = sqlx::query_as(concat!(
-        message_select!(),
-        "WHERE m.conversation_id = $1 AND m.deleted_at IS NULL ORDER BY m.seq"
-    ))
-    .bind(conversation_id)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(Into::into).collect())
+    let mut logs = visible_logs(conn, &[conversation_id]).await?;
+    Ok(logs.remove(&conversation_id).unwrap_or_default())
 }
 
 /// The visible logs of several conversations (for adapters that show whole transcripts).
