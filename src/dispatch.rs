@@ -19,13 +19,17 @@ use std::{
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use rand::Rng;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{json, value::RawValue};
 use sha2::Sha256;
 use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;
 
 use crate::{
-    core::messages::{Message, Row, message_select},
+    core::{
+        events::{Event, EventKind},
+        messages::{Message, Row, message_select},
+    },
     state::AppState,
 };
 
@@ -35,10 +39,17 @@ const QUEUES_IN_FLIGHT: usize = 32;
 const QUEUES_PER_ENDPOINT: usize = 8;
 /// Deliveries leased from one queue per claim.
 const PER_QUEUE: i64 = 100;
+/// Most events one request carries (an endpoint's `batch_size`).
+pub const MAX_BATCH: i32 = 100;
 /// Shortest gap between two claims while work keeps arriving (batches form meanwhile).
-const CLAIM_SPACING: Duration = Duration::from_millis(15);
+const CLAIM_SPACING: Duration = Duration::from_millis(50);
 /// Looks for due retries and other processes' work at least this often.
 const POLL: Duration = Duration::from_secs(1);
+/// New messages kept as committed, for `message.created` deliveries (the rest are read
+/// from the log when sent).
+const RECENT_MESSAGES: usize = 20_000;
+/// Messages are kept while endpoints have had deliveries this recently.
+const RECENT_WHILE: Duration = Duration::from_secs(60);
 /// The cluster-wide lock claims take (one short transaction each).
 const CLAIM_LOCK: i64 = 0x636f_6c6c_6f71_7701;
 
@@ -63,12 +74,49 @@ struct Claimed {
     conversation_id: Uuid,
     event_type: String,
     message_id: Option<Uuid>,
-    data: Option<Value>,
+    data: Option<sqlx::types::Json<Box<RawValue>>>,
     occurred_at: DateTime<Utc>,
     attempts: i32,
     created_at: DateTime<Utc>,
+}
+
+/// Where a claim's deliveries go, read once per claim.
+#[derive(sqlx::FromRow)]
+struct Endpoint {
+    id: Uuid,
     url: String,
     secret: String,
+    batch_size: i32,
+}
+
+/// One event as its endpoint receives it (contract §8); `data` is rendered JSON.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    id: Uuid,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    conversation_id: Uuid,
+    occurred_at: DateTime<Utc>,
+    data: &'a RawValue,
+}
+
+/// One claim's messages, rendered once and shared by its senders.
+#[derive(Default)]
+struct Rendered {
+    /// New messages as committed (for `message.created`), by id.
+    committed: HashMap<Uuid, Box<RawValue>>,
+    /// Messages as they are now, by id.
+    current: HashMap<Uuid, Box<RawValue>>,
+}
+
+impl Rendered {
+    fn get(&self, row: &Claimed, id: Uuid) -> Option<&RawValue> {
+        (row.event_type == "message.created")
+            .then(|| self.committed.get(&id))
+            .flatten()
+            .or_else(|| self.current.get(&id))
+            .map(|raw| &**raw)
+    }
 }
 
 struct Dispatcher {
@@ -79,6 +127,70 @@ struct Dispatcher {
     busy: Arc<Mutex<HashMap<Uuid, usize>>>,
     /// Each sent batch's delivered rows, as one message: they are deleted together.
     delivered: mpsc::Sender<Vec<(i64, Uuid)>>,
+    recent: Mutex<Recent>,
+}
+
+/// The messages this process heard committed (here or, through the bus, elsewhere), so
+/// that a `message.created` delivery need not read its message back: the last
+/// [`RECENT_MESSAGES`], kept only while deliveries flow.
+#[derive(Default)]
+struct Recent {
+    messages: HashMap<Uuid, Arc<Event>>,
+    order: std::collections::VecDeque<Uuid>,
+    /// Deliveries were claimed at this time: keep messages until [`RECENT_WHILE`] after.
+    wanted_at: Option<Instant>,
+}
+
+impl Recent {
+    fn heard(&mut self, event: &Arc<Event>) {
+        if event.kind != EventKind::MessageCreated
+            || self.wanted_at.is_none_or(|at| at.elapsed() > RECENT_WHILE)
+        {
+            return;
+        }
+        let Some(id) = event.data.get("id").and_then(|v| v.as_str()) else {
+            return;
+        };
+        let Ok(id) = Uuid::parse_str(id) else {
+            return;
+        };
+        if self.messages.insert(id, event.clone()).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > RECENT_MESSAGES {
+            if let Some(old) = self.order.pop_front() {
+                self.messages.remove(&old);
+            }
+        }
+    }
+
+    fn wanted(&mut self) {
+        self.wanted_at = Some(Instant::now());
+    }
+
+    /// Forgets everything once deliveries have stopped.
+    fn idle(&mut self) {
+        if self.wanted_at.is_some_and(|at| at.elapsed() > RECENT_WHILE) {
+            self.wanted_at = None;
+            self.messages = HashMap::new();
+            self.order = Default::default();
+        }
+    }
+}
+
+/// A message event's data as the REST API shows it: without the `source` the socket
+/// broadcast adds.
+struct AsRest<'a>(&'a serde_json::Map<String, serde_json::Value>);
+
+impl Serialize for AsRest<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (k, v) in self.0.iter().filter(|(k, _)| k.as_str() != "source") {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 /// Starts the dispatcher, its finisher (deletes delivered rows in batches) and the queue
@@ -94,6 +206,7 @@ pub fn spawn(state: &AppState) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>
         slots: Arc::new(Semaphore::new(QUEUES_IN_FLIGHT)),
         busy: Default::default(),
         delivered,
+        recent: Default::default(),
     });
     Ok(vec![
         tokio::spawn(run(dispatcher)),
@@ -117,9 +230,18 @@ async fn run(d: Arc<Dispatcher>) {
                     event = events.recv() => match event {
                         // Typing and stream deltas write no deliveries.
                         Ok(e) if crate::core::webhooks::event_type(e.kind).is_none() => continue,
-                        _ => break,
+                        Ok(e) => {
+                            d.heard(&e);
+                            break;
+                        }
+                        Err(_) => break,
                     },
-                    _ = &mut poll => break,
+                    _ = &mut poll => {
+                        if let Ok(mut recent) = d.recent.lock() {
+                            recent.idle();
+                        }
+                        break;
+                    }
                 }
             }
         }
@@ -131,7 +253,13 @@ async fn run(d: Arc<Dispatcher>) {
             tokio::time::sleep(CLAIM_SPACING - since).await;
         }
         // Everything announced so far is covered by this claim.
-        while events.try_recv().is_ok() {}
+        loop {
+            match events.try_recv() {
+                Ok(e) => d.heard(&e),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
         last_claim = Instant::now();
         if !d.state.is_ready() {
             more = false;
@@ -149,6 +277,12 @@ async fn run(d: Arc<Dispatcher>) {
 }
 
 impl Dispatcher {
+    fn heard(&self, event: &Arc<Event>) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.heard(event);
+        }
+    }
+
     /// Claims due queues and starts their senders; `true` when there may be more now.
     async fn claim_and_send(self: Arc<Self>) -> anyhow::Result<bool> {
         let free = self.slots.available_permits();
@@ -167,10 +301,12 @@ impl Dispatcher {
                     .collect()
             })
             .unwrap_or_default();
-        let rows = self.claim(&busy, free as i64).await?;
+        let (rows, endpoints) = self.claim(&busy, free as i64).await?;
         if rows.is_empty() {
             return Ok(false);
         }
+        let endpoints: HashMap<Uuid, Arc<Endpoint>> =
+            endpoints.into_iter().map(|e| (e.id, Arc::new(e))).collect();
         let mut queues: Vec<Vec<Claimed>> = Vec::new();
         let mut index: HashMap<(Uuid, Uuid), usize> = HashMap::new();
         let messages = self.render(&rows).await?;
@@ -192,13 +328,18 @@ impl Dispatcher {
                 continue;
             };
             let webhook = queue[0].webhook_id;
+            let Some(endpoint) = endpoints.get(&webhook).cloned() else {
+                // Deleted meanwhile: its deliveries go with the sweep of orphans.
+                drop(permit);
+                continue;
+            };
             if let Ok(mut busy) = self.busy.lock() {
                 *busy.entry(webhook).or_default() += 1;
             }
             let d = self.clone();
             let messages = messages.clone();
             tokio::spawn(async move {
-                d.send_queue(queue, &messages).await;
+                d.send_queue(&endpoint, queue, &messages).await;
                 if let Ok(mut busy) = d.busy.lock()
                     && let Some(n) = busy.get_mut(&webhook)
                 {
@@ -215,13 +356,17 @@ impl Dispatcher {
 
     /// Leases the due queues' next deliveries, under the cluster-wide claim lock: a claim
     /// sees every earlier claim's leases, so no queue is ever sent by two processes.
-    async fn claim(&self, busy: &[Uuid], queues: i64) -> sqlx::Result<Vec<Claimed>> {
+    async fn claim(
+        &self,
+        busy: &[Uuid],
+        queues: i64,
+    ) -> sqlx::Result<(Vec<Claimed>, Vec<Endpoint>)> {
         let mut tx = self.state.db.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CLAIM_LOCK)
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query_as(
+        let rows: Vec<Claimed> = sqlx::query_as(
             r#"
             WITH RECURSIVE heads AS (
                 -- Each queue's first pending row, one index descent per queue (a loose
@@ -254,13 +399,6 @@ impl Dispatcher {
                 WHERE rank <= $5
                 ORDER BY next_attempt_at, pos
                 LIMIT $2
-            ), picked AS (
-                SELECT q.pos FROM ready r CROSS JOIN LATERAL (
-                    SELECT d.pos FROM webhook_deliveries d
-                    WHERE d.state = 'pending' AND d.webhook_id = r.webhook_id
-                      AND d.conversation_id = r.conversation_id
-                    ORDER BY d.pos LIMIT $3
-                ) q
             ), leased AS (
                 -- The head's lease locks its queue: rows only ever leave a queue from
                 -- the front, and a batch's delivered rows are deleted together.
@@ -268,10 +406,14 @@ impl Dispatcher {
                 SET leased_until = now() + $4 * interval '1 millisecond'
                 FROM ready r WHERE d.pos = r.pos
             )
-            SELECT d.pos, d.id, d.webhook_id, d.conversation_id, d.event_type, d.message_id,
-                   d.data, d.occurred_at, d.attempts, d.created_at, w.url, w.secret
-            FROM picked JOIN webhook_deliveries d ON d.pos = picked.pos
-            JOIN webhooks w ON w.id = d.webhook_id
+            SELECT q.* FROM ready r CROSS JOIN LATERAL (
+                SELECT d.pos, d.id, d.webhook_id, d.conversation_id, d.event_type,
+                       d.message_id, d.data, d.occurred_at, d.attempts, d.created_at
+                FROM webhook_deliveries d
+                WHERE d.state = 'pending' AND d.webhook_id = r.webhook_id
+                  AND d.conversation_id = r.conversation_id
+                ORDER BY d.pos LIMIT $3
+            ) q
             "#,
         )
         .bind(busy)
@@ -281,64 +423,96 @@ impl Dispatcher {
         .bind(QUEUES_PER_ENDPOINT as i64)
         .fetch_all(&mut *tx)
         .await?;
+        let mut ids: Vec<Uuid> = rows.iter().map(|r| r.webhook_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let endpoints = if ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as("SELECT id, url, secret, batch_size FROM webhooks WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+        };
         tx.commit().await?;
-        Ok(rows)
+        Ok((rows, endpoints))
     }
 
-    /// The messages message events name, as the REST API shows them now.
-    async fn render(&self, rows: &[Claimed]) -> sqlx::Result<HashMap<Uuid, Value>> {
-        let ids: Vec<Uuid> = rows.iter().filter_map(|r| r.message_id).collect();
+    /// The messages message events name, as the REST API shows them now, rendered once
+    /// per claim.
+    async fn render(&self, rows: &[Claimed]) -> sqlx::Result<Rendered> {
+        let mut kept: Vec<Arc<Event>> = Vec::new();
+        let mut ids: Vec<Uuid> = Vec::new();
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.wanted();
+            for row in rows {
+                let Some(id) = row.message_id else { continue };
+                match recent.messages.get(&id) {
+                    Some(event) if row.event_type == "message.created" => kept.push(event.clone()),
+                    _ => ids.push(id),
+                }
+            }
+        }
+        let mut rendered = Rendered::default();
+        for event in kept {
+            if let Some(data) = event.data.as_object()
+                && let Some(id) = data.get("id").and_then(|v| v.as_str())
+                && let Ok(id) = Uuid::parse_str(id)
+                && let Ok(raw) = serde_json::value::to_raw_value(&AsRest(data))
+            {
+                rendered.committed.insert(id, raw);
+            }
+        }
         if ids.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(rendered);
         }
         let found: Vec<Row> = sqlx::query_as(concat!(message_select!(), "WHERE m.id = ANY($1)"))
             .bind(&ids)
             .fetch_all(&self.state.db)
             .await?;
-        Ok(found
-            .into_iter()
-            .map(|row| {
-                let message = Message::from(row);
-                let value = serde_json::to_value(&message).unwrap_or(Value::Null);
-                (message.id, value)
-            })
-            .collect())
+        rendered.current.extend(found.into_iter().filter_map(|row| {
+            let message = Message::from(row);
+            let raw = serde_json::value::to_raw_value(&message).ok()?;
+            Some((message.id, raw))
+        }));
+        Ok(rendered)
     }
 
-    async fn send_queue(&self, queue: Vec<Claimed>, messages: &HashMap<Uuid, Value>) {
+    /// Sends a claimed queue in order, `batch_size` events per request, and stops at the
+    /// first failure (its backoff then holds the queue).
+    async fn send_queue(&self, endpoint: &Endpoint, queue: Vec<Claimed>, messages: &Rendered) {
         let started = Instant::now();
         let mut delivered = Vec::with_capacity(queue.len());
-        for row in &queue {
+        let batch_size = usize::try_from(endpoint.batch_size.clamp(1, MAX_BATCH)).unwrap_or(1);
+        let url = reqwest::Url::parse(&endpoint.url);
+        for batch in queue.chunks(batch_size) {
             if self.state.shutdown.is_cancelled() || started.elapsed() > self.lease / 2 {
                 // The rest goes in a later claim (by any process), still in order.
                 break;
             }
-            let data = match row.message_id {
-                Some(id) => messages
-                    .get(&id)
-                    .cloned()
-                    // The message is gone with its conversation.
-                    .unwrap_or_else(|| json!({ "id": id, "conversation_id": row.conversation_id })),
-                None => row.data.clone().unwrap_or(Value::Null),
+            let head = &batch[0];
+            let result = match &url {
+                Ok(url) => match body(batch, batch_size > 1, messages) {
+                    Ok(body) => {
+                        self.post(endpoint, url.clone(), head, batch.len(), body)
+                            .await
+                    }
+                    Err(e) => Err((None, format!("could not render the event: {e}"))),
+                },
+                Err(e) => Err((None, format!("invalid URL: {e}"))),
             };
-            let body = json!({
-                "id": row.id,
-                "type": row.event_type,
-                "conversation_id": row.conversation_id,
-                "occurred_at": row.occurred_at,
-                "data": data,
-            });
-            let body = serde_json::to_vec(&body).unwrap_or_default();
-            match self.post(row, body).await {
+            match result {
                 Ok(()) => {
-                    crate::metrics::webhook_delivered(
-                        (Utc::now() - row.occurred_at).to_std().unwrap_or_default(),
-                    );
-                    delivered.push((row.pos, row.webhook_id));
+                    for row in batch {
+                        crate::metrics::webhook_delivered(
+                            (Utc::now() - row.occurred_at).to_std().unwrap_or_default(),
+                        );
+                        delivered.push((row.pos, row.webhook_id));
+                    }
                 }
                 Err((status, error)) => {
                     // Its backoff holds the queue (in order) until it is due again.
-                    self.failed(row, status, &error).await;
+                    self.failed(head, status, &error).await;
                     break;
                 }
             }
@@ -356,16 +530,31 @@ impl Dispatcher {
         }
     }
 
-    async fn post(&self, row: &Claimed, body: Vec<u8>) -> Result<(), (Option<i32>, String)> {
+    /// One request: a single event (its delivery id and type in the headers), or for a
+    /// batching endpoint a JSON array of `count` events.
+    async fn post(
+        &self,
+        endpoint: &Endpoint,
+        url: reqwest::Url,
+        head: &Claimed,
+        count: usize,
+        body: Vec<u8>,
+    ) -> Result<(), (Option<i32>, String)> {
         let t = Utc::now().timestamp();
-        let signature = signature(&row.secret, t, &body);
-        let response = self
+        let signature = signature(&endpoint.secret, t, &body);
+        let mut request = self
             .client
-            .post(&row.url)
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("x-colloquy-signature", signature)
-            .header("x-colloquy-delivery", row.id.to_string())
-            .header("x-colloquy-event", &row.event_type)
+            .header("x-colloquy-signature", signature);
+        request = if endpoint.batch_size > 1 {
+            request.header("x-colloquy-batch", count)
+        } else {
+            request
+                .header("x-colloquy-delivery", head.id.to_string())
+                .header("x-colloquy-event", &head.event_type)
+        };
+        let response = request
             .body(body)
             .send()
             .await
@@ -434,6 +623,48 @@ impl Dispatcher {
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not release webhook deliveries; their lease runs out");
         }
+    }
+}
+
+/// A request's body: one event's envelope, or (`batched`) an array of them.
+fn body(rows: &[Claimed], batched: bool, messages: &Rendered) -> serde_json::Result<Vec<u8>> {
+    let mut gone = Vec::new();
+    for row in rows {
+        if let Some(id) = row.message_id
+            && messages.get(row, id).is_none()
+        {
+            // The message is gone with its conversation.
+            gone.push((
+                id,
+                serde_json::value::to_raw_value(
+                    &json!({ "id": id, "conversation_id": row.conversation_id }),
+                )?,
+            ));
+        }
+    }
+    let null = serde_json::value::to_raw_value(&())?;
+    let envelopes: Vec<Envelope> = rows
+        .iter()
+        .map(|row| {
+            let data: &RawValue = match row.message_id {
+                Some(id) => messages
+                    .get(row, id)
+                    .or_else(|| gone.iter().find(|(g, _)| *g == id).map(|(_, v)| &**v))
+                    .unwrap_or(&*null),
+                None => row.data.as_ref().map_or(&*null, |d| &*d.0),
+            };
+            Envelope {
+                id: row.id,
+                kind: &row.event_type,
+                conversation_id: row.conversation_id,
+                occurred_at: row.occurred_at,
+                data,
+            }
+        })
+        .collect();
+    match (batched, envelopes.as_slice()) {
+        (false, [one]) => serde_json::to_vec(one),
+        _ => serde_json::to_vec(&envelopes),
     }
 }
 

@@ -38,8 +38,10 @@ pub struct Args {
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Comma list of: steady, fanout, idle, history, limit, cluster (not in the default:
-    /// it starts its own processes, see `--colloquy-bin`), webhook and responder (not in
-    /// the default: the server needs `WEBHOOK_ALLOW_PRIVATE=true` to reach this tool),
+    /// it starts its own processes, see `--colloquy-bin`), webhook (one event per request,
+    /// then batches; `webhook-single` or `webhook-batched` for one of them) and responder
+    /// (not in the default: the server needs `WEBHOOK_ALLOW_PRIVATE=true` to reach this
+    /// tool),
     /// adapters (not in the default: it writes ~10^5–10^6 messages through the seed
     /// systems' routes and `import`).
     #[arg(long, default_value = "steady,fanout,idle,history,limit")]
@@ -289,7 +291,12 @@ async fn main() -> anyhow::Result<ExitCode> {
             "history" => data::history(&ctx).await,
             "limit" => data::limit(&ctx).await,
             "cluster" => cluster::run(&ctx).await,
-            "webhook" => agents::webhook(&ctx).await.map(|r| vec![r]),
+            "webhook" => Ok(vec![
+                agents::webhook(&ctx, 1).await?,
+                agents::webhook(&ctx, 100).await?,
+            ]),
+            "webhook-single" => agents::webhook(&ctx, 1).await.map(|r| vec![r]),
+            "webhook-batched" => agents::webhook(&ctx, 100).await.map(|r| vec![r]),
             "responder" => agents::responder(&ctx).await,
             "adapters" => compat::adapters(&ctx).await,
             other => bail!("unknown scenario {other}"),

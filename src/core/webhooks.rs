@@ -153,6 +153,10 @@ pub struct Webhook {
     pub created_by: String,
     /// Inactive endpoints get nothing (an agent's ownership moved away from its creator).
     pub active: bool,
+    /// Most events per request. 1: each event is its own request (the body is the
+    /// event). Above 1: the body is a JSON array of one conversation's next events, in
+    /// order, as many as are waiting up to this number.
+    pub batch_size: i32,
     pub last_success_at: Option<DateTime<Utc>>,
     pub last_failure_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
@@ -195,6 +199,10 @@ pub struct NewWebhook {
     pub agent_id: Option<String>,
     #[schema(max_length = 500)]
     pub description: Option<String>,
+    /// Most events per request, 1 (the default: one event per request) to 100. Above 1,
+    /// each request carries a JSON array of one conversation's waiting events, in order.
+    #[schema(minimum = 1, maximum = 100)]
+    pub batch_size: Option<i32>,
 }
 
 /// A webhook event type (documentation of `events`).
@@ -231,11 +239,13 @@ pub struct UpdateWebhook {
     pub active: Option<bool>,
     #[schema(max_length = 500)]
     pub description: Option<String>,
+    #[schema(minimum = 1, maximum = 100)]
+    pub batch_size: Option<i32>,
 }
 
 const WEBHOOK_COLUMNS: &str = r#"
     SELECT w.id, w.url, w.events, w.conversation_id, w.agent_id, w.description, w.created_by,
-           w.active, w.last_success_at, w.last_failure_at, w.last_error, w.created_at, w.updated_at,
+           w.active, w.batch_size, w.last_success_at, w.last_failure_at, w.last_error, w.created_at, w.updated_at,
            (SELECT count(*) FROM webhook_deliveries d WHERE d.webhook_id = w.id AND d.state = 'pending') AS pending,
            (SELECT count(*) FROM webhook_deliveries d WHERE d.webhook_id = w.id AND d.state = 'dead') AS dead
     FROM webhooks w
@@ -245,6 +255,16 @@ fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     format!("whsec_{}", hex::encode(bytes))
+}
+
+fn check_batch_size(size: Option<i32>) -> AppResult<Option<i32>> {
+    match size {
+        Some(n) if !(1..=crate::dispatch::MAX_BATCH).contains(&n) => Err(AppError::invalid_field(
+            "batch_size",
+            format!("must be 1 to {}", crate::dispatch::MAX_BATCH),
+        )),
+        _ => Ok(size),
+    }
 }
 
 fn check_events(events: &[String]) -> AppResult<Vec<String>> {
@@ -294,6 +314,7 @@ pub async fn create(
     input: NewWebhook,
 ) -> AppResult<WebhookWithSecret> {
     let events = check_events(&input.events)?;
+    let batch_size = check_batch_size(input.batch_size)?.unwrap_or(1);
     if let Some(d) = &input.description {
         validate::max_chars("description", d, 500)?;
     }
@@ -353,8 +374,8 @@ pub async fn create(
     sqlx::query(
         r#"
         INSERT INTO webhooks (id, url, events, conversation_id, agent_id, description, secret,
-                              created_by, created_by_privileged)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                              created_by, created_by_privileged, batch_size)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         "#,
     )
     .bind(id)
@@ -366,6 +387,7 @@ pub async fn create(
     .bind(&secret)
     .bind(&principal.id)
     .bind(privileged)
+    .bind(batch_size)
     .execute(&state.db)
     .await?;
     Ok(WebhookWithSecret {
@@ -414,6 +436,7 @@ pub async fn update(
 ) -> AppResult<Webhook> {
     let current = get(state, principal, id).await?;
     let events = input.events.as_deref().map(check_events).transpose()?;
+    let batch_size = check_batch_size(input.batch_size)?;
     if let Some(d) = &input.description {
         validate::max_chars("description", d, 500)?;
     }
@@ -435,7 +458,7 @@ pub async fn update(
         r#"
         UPDATE webhooks SET url = coalesce($2, url), events = coalesce($3, events),
                active = coalesce($4, active), description = coalesce($5, description),
-               updated_at = now()
+               batch_size = coalesce($6, batch_size), updated_at = now()
         WHERE id = $1
         "#,
     )
@@ -444,6 +467,7 @@ pub async fn update(
     .bind(events)
     .bind(input.active)
     .bind(&input.description)
+    .bind(batch_size)
     .execute(&state.db)
     .await?;
     fetch(state, id).await

@@ -22,9 +22,17 @@ use sha2::Sha256;
 /// One delivery as the receiver saw it.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// `X-Colloquy-Delivery`, or for a batch the event's own `id`.
     pub delivery: String,
+    /// The event (one element of a batch).
     pub body: Value,
     pub signature_ok: bool,
+    /// The request it came in (numbered from 0) and how many events that request held
+    /// (`None`: a single event, not an array).
+    pub request: usize,
+    pub batch: Option<usize>,
+    /// `X-Colloquy-Batch`.
+    pub batch_header: Option<String>,
 }
 
 #[derive(Default)]
@@ -36,6 +44,8 @@ struct Shared {
     /// Answer every request with a redirect to this URL.
     redirect_to: Mutex<Option<String>>,
     hits: Mutex<usize>,
+    /// Answer the next this many requests with 503.
+    fail_next: Mutex<usize>,
 }
 
 /// A webhook endpoint on `ip`, started (and restartable on the same port) by the test.
@@ -89,12 +99,44 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    {
+        let mut fail_next = shared.fail_next.lock().unwrap();
+        if *fail_next > 0 {
+            *fail_next -= 1;
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    }
+    let batch_header = headers
+        .get("x-colloquy-batch")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let signature_ok = verify(&secret, signature, &body);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    shared.received.lock().unwrap().push(Received {
-        delivery,
-        signature_ok: verify(&secret, signature, &body),
-        body: parsed,
-    });
+    let mut received = shared.received.lock().unwrap();
+    let request = received.last().map_or(0, |r| r.request + 1);
+    match parsed {
+        Value::Array(events) => {
+            let batch = Some(events.len());
+            for event in events {
+                received.push(Received {
+                    delivery: event["id"].as_str().unwrap_or_default().to_owned(),
+                    body: event,
+                    signature_ok,
+                    request,
+                    batch,
+                    batch_header: batch_header.clone(),
+                });
+            }
+        }
+        body => received.push(Received {
+            delivery,
+            body,
+            signature_ok,
+            request,
+            batch: None,
+            batch_header,
+        }),
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -132,6 +174,10 @@ impl Receiver {
 
     pub fn fail_with(&self, status: Option<u16>) {
         *self.shared.fail_with.lock().unwrap() = status;
+    }
+
+    pub fn fail_next(&self, requests: usize) {
+        *self.shared.fail_next.lock().unwrap() = requests;
     }
 
     pub fn redirect_to(&self, url: &str) {

@@ -613,3 +613,176 @@ async fn only_admins_services_and_agent_owners_register_and_agent_filters_follow
     assert_eq!(view["data"]["active"], false, "{view}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_batching_endpoint_gets_one_conversations_events_in_order_in_signed_arrays() {
+    let app = spawn_app_with(lenient_config).await;
+    let receiver = Receiver::start("127.0.0.1").await;
+    for bad in [json!(0), json!(101), json!(-3), json!("10"), json!(1.5)] {
+        let (status, reply) = app
+            .post(
+                &api("/webhooks"),
+                &admin(),
+                json!({ "url": receiver.url(), "events": ["*"], "batch_size": bad }),
+            )
+            .await;
+        assert!(
+            [StatusCode::BAD_REQUEST, StatusCode::UNPROCESSABLE_ENTITY].contains(&status),
+            "{bad}: {status} {reply}"
+        );
+        assert_eq!(reply["code"], "VALIDATION_ERROR", "{reply}");
+    }
+    let (hook, secret) = register(
+        &app,
+        json!({
+            "url": receiver.url(),
+            "events": ["message.created", "message.updated"],
+            "batch_size": 10,
+        }),
+    )
+    .await;
+    receiver.set_secret(&secret);
+    let (_, one) = app.get(&api(&format!("/webhooks/{hook}")), &admin()).await;
+    assert_eq!(one["data"]["batch_size"], 10);
+    // The first request fails: its events come again (same ids, in place) after the
+    // backoff, by which time the rest have queued up behind them.
+    receiver.fail_next(1);
+    let a = app.conversation("alice", &["bob"]).await;
+    let b = app.conversation("bob", &["alice"]).await;
+    let sends = (0..50).map(|i| {
+        let app = &app;
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let conv = if i % 2 == 0 { a } else { b };
+            app.send("alice", &conv, &format!("b{i}")).await
+        }
+    });
+    let sent = futures::future::join_all(sends).await;
+    // An edit: message.updated shows it; message.created shows the message as committed
+    // or (read back after a restart) as it is now.
+    let first = sent[0]["id"].as_str().unwrap().to_owned();
+    let (s, _) = app
+        .request(
+            Method::PATCH,
+            &api(&format!("/messages/{first}")),
+            Some(&token("alice")),
+            Some(json!({"text": "edited"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    let dedup = |got: &[Received], conv: &str| {
+        let mut seqs = created_seqs(got, conv);
+        seqs.dedup();
+        seqs
+    };
+    let got = receiver
+        .wait_for(20_000, |got| {
+            dedup(got, &a).len() >= 25
+                && dedup(got, &b).len() >= 25
+                && got.iter().any(|r| r.body["type"] == "message.updated")
+        })
+        .await;
+    assert!(got.iter().all(|r| r.signature_ok), "each array is signed");
+    check_duplicates_share_ids(&got);
+    for conv in [&a, &b] {
+        assert_eq!(dedup(&got, conv), (1..=25).collect::<Vec<_>>(), "in order");
+    }
+    // Each request: one conversation's events, at most 10, announced in X-Colloquy-Batch.
+    let mut requests: HashMap<usize, Vec<&Received>> = HashMap::new();
+    for r in &got {
+        requests.entry(r.request).or_default().push(r);
+    }
+    for events in requests.values() {
+        let n = events.len();
+        assert!(n <= 10, "{n} events in one request");
+        assert!(events.iter().all(|e| e.batch == Some(n)), "arrays only");
+        assert!(
+            events
+                .iter()
+                .all(|e| e.batch_header.as_deref() == Some(n.to_string().as_str()))
+        );
+        let conv = &events[0].body["conversation_id"];
+        assert!(events.iter().all(|e| &e.body["conversation_id"] == conv));
+    }
+    assert!(
+        requests.values().any(|events| events.len() > 1),
+        "events that waited went together"
+    );
+    let created = got
+        .iter()
+        .find(|r| r.body["type"] == "message.created" && r.body["data"]["id"] == first.as_str())
+        .expect("created");
+    assert!(
+        ["b0", "edited"].contains(&created.body["data"]["text"].as_str().unwrap_or_default()),
+        "{}",
+        created.body
+    );
+    let updated = got
+        .iter()
+        .find(|r| r.body["type"] == "message.updated")
+        .expect("updated");
+    assert_eq!(updated.body["data"]["text"], "edited");
+    assert_eq!(updated.body["data"]["id"], first.as_str());
+    // The REST API's shape: the same fields as GET /messages/{id}.
+    let second = sent[2]["id"].as_str().unwrap();
+    let (_, rest) = app
+        .get(&api(&format!("/messages/{second}")), &token("alice"))
+        .await;
+    let delivered = got
+        .iter()
+        .find(|r| r.body["type"] == "message.created" && r.body["data"]["id"] == second)
+        .expect("delivered");
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&delivered.body["data"]), keys(&rest["data"]), "{rest}");
+    assert_eq!(delivered.body["data"]["text"], rest["data"]["text"]);
+
+    // Back to one event per request: the body is the event itself again.
+    let path = api(&format!("/webhooks/{hook}"));
+    for bad in [json!(0), json!(1000), json!("x")] {
+        let (s, reply) = app
+            .request(
+                Method::PATCH,
+                &path,
+                Some(&admin()),
+                Some(json!({ "batch_size": bad })),
+            )
+            .await;
+        assert!(
+            [StatusCode::BAD_REQUEST, StatusCode::UNPROCESSABLE_ENTITY].contains(&s),
+            "{bad}: {s} {reply}"
+        );
+        assert_eq!(reply["code"], "VALIDATION_ERROR", "{reply}");
+    }
+    let (s, reply) = app
+        .request(
+            Method::PATCH,
+            &path,
+            Some(&admin()),
+            Some(json!({ "batch_size": 1 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{reply}");
+    assert_eq!(reply["data"]["batch_size"], 1);
+    let last = app.send("bob", &a, "single").await;
+    let got = receiver
+        .wait_for(10_000, |got| {
+            got.iter().any(|r| r.body["data"]["id"] == last["id"])
+        })
+        .await;
+    let single = got
+        .iter()
+        .find(|r| r.body["data"]["id"] == last["id"])
+        .expect("delivered");
+    assert_eq!(single.batch, None);
+    assert_eq!(
+        single.delivery,
+        single.body["id"].as_str().unwrap_or_default()
+    );
+    assert_eq!(single.body["data"]["text"], "single");
+    app.stop().await;
+}
