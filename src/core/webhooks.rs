@@ -201,8 +201,9 @@ pub struct NewWebhook {
     pub description: Option<String>,
     /// Most events per request, 1 (the default: one event per request) to 100. Above 1,
     /// each request carries a JSON array of one conversation's waiting events, in order.
+    #[serde(default, deserialize_with = "validate::whole_number")]
     #[schema(minimum = 1, maximum = 100)]
-    pub batch_size: Option<i32>,
+    pub batch_size: Option<i64>,
 }
 
 /// A webhook event type (documentation of `events`).
@@ -239,8 +240,9 @@ pub struct UpdateWebhook {
     pub active: Option<bool>,
     #[schema(max_length = 500)]
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "validate::whole_number")]
     #[schema(minimum = 1, maximum = 100)]
-    pub batch_size: Option<i32>,
+    pub batch_size: Option<i64>,
 }
 
 const WEBHOOK_COLUMNS: &str = r#"
@@ -257,13 +259,14 @@ fn new_secret() -> String {
     format!("whsec_{}", hex::encode(bytes))
 }
 
-fn check_batch_size(size: Option<i32>) -> AppResult<Option<i32>> {
-    match size {
-        Some(n) if !(1..=crate::dispatch::MAX_BATCH).contains(&n) => Err(AppError::invalid_field(
+fn check_batch_size(size: Option<i64>) -> AppResult<Option<i32>> {
+    match size.map(i32::try_from) {
+        None => Ok(None),
+        Some(Ok(n)) if (1..=crate::dispatch::MAX_BATCH).contains(&n) => Ok(Some(n)),
+        Some(_) => Err(AppError::invalid_field(
             "batch_size",
             format!("must be 1 to {}", crate::dispatch::MAX_BATCH),
         )),
-        _ => Ok(size),
     }
 }
 

@@ -637,7 +637,8 @@ async fn a_batching_endpoint_gets_one_conversations_events_in_order_in_signed_ar
         json!({
             "url": receiver.url(),
             "events": ["message.created", "message.updated"],
-            "batch_size": 10,
+            // A whole number written as a float is a whole number (JSON Schema agrees).
+            "batch_size": 10.0,
         }),
     )
     .await;
