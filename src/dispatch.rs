@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde::Serialize;
-use serde_json::{json, value::RawValue};
+use serde_json::value::RawValue;
 use sha2::Sha256;
 use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;
@@ -89,6 +89,13 @@ struct Endpoint {
     batch_size: i32,
 }
 
+impl Endpoint {
+    /// Gets arrays of events rather than one event per request.
+    fn batched(&self) -> bool {
+        self.batch_size > 1
+    }
+}
+
 /// One event as its endpoint receives it (contract §8); `data` is rendered JSON.
 #[derive(Serialize)]
 struct Envelope<'a> {
@@ -97,7 +104,21 @@ struct Envelope<'a> {
     kind: &'a str,
     conversation_id: Uuid,
     occurred_at: DateTime<Utc>,
-    data: &'a RawValue,
+    data: Data<'a>,
+}
+
+/// An event's `data`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Data<'a> {
+    /// Already JSON: a rendered message, or the event's stored data.
+    Rendered(&'a RawValue),
+    /// The message is gone with its conversation.
+    Gone {
+        id: Uuid,
+        conversation_id: Uuid,
+    },
+    Null,
 }
 
 /// One claim's messages, rendered once and shared by its senders.
@@ -441,23 +462,23 @@ impl Dispatcher {
     /// The messages message events name, as the REST API shows them now, rendered once
     /// per claim.
     async fn render(&self, rows: &[Claimed]) -> sqlx::Result<Rendered> {
-        let mut kept: Vec<Arc<Event>> = Vec::new();
+        let mut kept: Vec<(Uuid, Arc<Event>)> = Vec::new();
         let mut ids: Vec<Uuid> = Vec::new();
         if let Ok(mut recent) = self.recent.lock() {
             recent.wanted();
             for row in rows {
                 let Some(id) = row.message_id else { continue };
                 match recent.messages.get(&id) {
-                    Some(event) if row.event_type == "message.created" => kept.push(event.clone()),
+                    Some(event) if row.event_type == "message.created" => {
+                        kept.push((id, event.clone()));
+                    }
                     _ => ids.push(id),
                 }
             }
         }
         let mut rendered = Rendered::default();
-        for event in kept {
+        for (id, event) in kept {
             if let Some(data) = event.data.as_object()
-                && let Some(id) = data.get("id").and_then(|v| v.as_str())
-                && let Ok(id) = Uuid::parse_str(id)
                 && let Ok(raw) = serde_json::value::to_raw_value(&AsRest(data))
             {
                 rendered.committed.insert(id, raw);
@@ -492,7 +513,7 @@ impl Dispatcher {
             }
             let head = &batch[0];
             let result = match &url {
-                Ok(url) => match body(batch, batch_size > 1, messages) {
+                Ok(url) => match body(batch, endpoint.batched(), messages) {
                     Ok(body) => {
                         self.post(endpoint, url.clone(), head, batch.len(), body)
                             .await
@@ -547,7 +568,7 @@ impl Dispatcher {
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("x-colloquy-signature", signature);
-        request = if endpoint.batch_size > 1 {
+        request = if endpoint.batched() {
             request.header("x-colloquy-batch", count)
         } else {
             request
@@ -628,38 +649,24 @@ impl Dispatcher {
 
 /// A request's body: one event's envelope, or (`batched`) an array of them.
 fn body(rows: &[Claimed], batched: bool, messages: &Rendered) -> serde_json::Result<Vec<u8>> {
-    let mut gone = Vec::new();
-    for row in rows {
-        if let Some(id) = row.message_id
-            && messages.get(row, id).is_none()
-        {
-            // The message is gone with its conversation.
-            gone.push((
-                id,
-                serde_json::value::to_raw_value(
-                    &json!({ "id": id, "conversation_id": row.conversation_id }),
-                )?,
-            ));
-        }
-    }
-    let null = serde_json::value::to_raw_value(&())?;
     let envelopes: Vec<Envelope> = rows
         .iter()
-        .map(|row| {
-            let data: &RawValue = match row.message_id {
-                Some(id) => messages
-                    .get(row, id)
-                    .or_else(|| gone.iter().find(|(g, _)| *g == id).map(|(_, v)| &**v))
-                    .unwrap_or(&*null),
-                None => row.data.as_ref().map_or(&*null, |d| &*d.0),
-            };
-            Envelope {
-                id: row.id,
-                kind: &row.event_type,
-                conversation_id: row.conversation_id,
-                occurred_at: row.occurred_at,
-                data,
-            }
+        .map(|row| Envelope {
+            id: row.id,
+            kind: &row.event_type,
+            conversation_id: row.conversation_id,
+            occurred_at: row.occurred_at,
+            data: match (row.message_id, &row.data) {
+                (Some(id), _) => messages.get(row, id).map_or(
+                    Data::Gone {
+                        id,
+                        conversation_id: row.conversation_id,
+                    },
+                    Data::Rendered,
+                ),
+                (None, Some(data)) => Data::Rendered(&data.0),
+                (None, None) => Data::Null,
+            },
         })
         .collect();
     match (batched, envelopes.as_slice()) {
@@ -796,5 +803,62 @@ mod tests {
             signature("whsec_test", 1_700_000_000, br#"{"a":1}"#),
             "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789"
         );
+    }
+
+    fn claimed(event_type: &str, message_id: Option<Uuid>, data: Option<&str>) -> Claimed {
+        Claimed {
+            pos: 1,
+            id: Uuid::nil(),
+            webhook_id: Uuid::nil(),
+            conversation_id: Uuid::max(),
+            event_type: event_type.into(),
+            message_id,
+            data: data.map(|d| sqlx::types::Json(RawValue::from_string(d.into()).unwrap())),
+            occurred_at: DateTime::UNIX_EPOCH,
+            attempts: 0,
+            created_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn bodies_carry_rendered_stored_gone_or_null_data() {
+        let kept = Uuid::now_v7();
+        let gone = Uuid::now_v7();
+        let mut messages = Rendered::default();
+        messages.committed.insert(
+            kept,
+            RawValue::from_string(r#"{"text":"as committed"}"#.into()).unwrap(),
+        );
+        messages.current.insert(
+            kept,
+            RawValue::from_string(r#"{"text":"now"}"#.into()).unwrap(),
+        );
+        let rows = [
+            claimed("message.created", Some(kept), None),
+            claimed("message.updated", Some(kept), None),
+            claimed("message.deleted", Some(gone), None),
+            claimed("messages.read", None, Some(r#"{"last_read_seq":3}"#)),
+            claimed("conversation.updated", None, None),
+        ];
+        let batch: serde_json::Value =
+            serde_json::from_slice(&body(&rows, true, &messages).unwrap()).unwrap();
+        let data: Vec<&serde_json::Value> = batch
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["data"])
+            .collect();
+        assert_eq!(data[0]["text"], "as committed");
+        assert_eq!(data[1]["text"], "now");
+        assert_eq!(
+            *data[2],
+            serde_json::json!({"id": gone, "conversation_id": Uuid::max()})
+        );
+        assert_eq!(data[3]["last_read_seq"], 3);
+        assert!(data[4].is_null());
+        assert_eq!(batch[0]["type"], "message.created");
+        let one: serde_json::Value =
+            serde_json::from_slice(&body(&rows[..1], false, &messages).unwrap()).unwrap();
+        assert_eq!(one, batch[0], "a single event is the bare envelope");
     }
 }

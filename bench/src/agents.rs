@@ -95,10 +95,6 @@ async fn receive(State(got): State<Arc<Mutex<Received>>>, body: Bytes) -> Status
 /// `steady` with an endpoint on every message: one event per request, or (`batch_size`
 /// above 1) batches.
 pub async fn webhook(ctx: &Ctx, batch_size: u32) -> anyhow::Result<Row> {
-    webhook_with(ctx, batch_size).await
-}
-
-async fn webhook_with(ctx: &Ctx, batch_size: u32) -> anyhow::Result<Row> {
     let got: Arc<Mutex<Received>> = Arc::default();
     let app = Router::new()
         .route("/hook", post(receive))

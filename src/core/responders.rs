@@ -94,14 +94,7 @@ pub async fn set(
     {
         return Err(AppError::invalid_field("temperature", "must be 0 to 2"));
     }
-    if let Some(h) = input.max_history
-        && !(0..=i64::from(MAX_HISTORY)).contains(&h)
-    {
-        return Err(AppError::invalid_field(
-            "max_history",
-            format!("must be 0 to {MAX_HISTORY}"),
-        ));
-    }
+    let max_history = validate::within("max_history", input.max_history, 0, MAX_HISTORY)?;
     if let Some(key) = &input.api_key {
         validate::max_chars("api_key", key, 1000)?;
         if key.chars().any(char::is_control) {
@@ -152,7 +145,7 @@ pub async fn set(
     .bind(input.model.trim())
     .bind(&input.system_prompt)
     .bind(input.temperature)
-    .bind(input.max_history.and_then(|h| i32::try_from(h).ok()))
+    .bind(max_history)
     .bind(&base_url)
     .bind(&input.api_key)
     .bind(input.enabled)

@@ -313,6 +313,18 @@ pub fn tags(values: &[String]) -> AppResult<()> {
     Ok(())
 }
 
+/// An optional whole number within `min..=max`, as the `i32` its column holds.
+pub fn within(field: &str, value: Option<i64>, min: i32, max: i32) -> AppResult<Option<i32>> {
+    match value.map(i32::try_from) {
+        None => Ok(None),
+        Some(Ok(v)) if (min..=max).contains(&v) => Ok(Some(v)),
+        Some(_) => Err(AppError::invalid_field(
+            field,
+            format!("must be {min} to {max}"),
+        )),
+    }
+}
+
 /// Page size: 1..=max, with a default.
 pub fn limit(value: Option<i64>, default: i64, max: i64) -> AppResult<i64> {
     match value {

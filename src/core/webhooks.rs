@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     auth::Principal,
+    dispatch::MAX_BATCH,
     error::{AppError, AppResult},
     state::AppState,
 };
@@ -259,17 +260,6 @@ fn new_secret() -> String {
     format!("whsec_{}", hex::encode(bytes))
 }
 
-fn check_batch_size(size: Option<i64>) -> AppResult<Option<i32>> {
-    match size.map(i32::try_from) {
-        None => Ok(None),
-        Some(Ok(n)) if (1..=crate::dispatch::MAX_BATCH).contains(&n) => Ok(Some(n)),
-        Some(_) => Err(AppError::invalid_field(
-            "batch_size",
-            format!("must be 1 to {}", crate::dispatch::MAX_BATCH),
-        )),
-    }
-}
-
 fn check_events(events: &[String]) -> AppResult<Vec<String>> {
     if events.is_empty() || events.len() > EVENT_TYPES.len() + 1 {
         return Err(AppError::invalid_field(
@@ -317,7 +307,7 @@ pub async fn create(
     input: NewWebhook,
 ) -> AppResult<WebhookWithSecret> {
     let events = check_events(&input.events)?;
-    let batch_size = check_batch_size(input.batch_size)?.unwrap_or(1);
+    let batch_size = validate::within("batch_size", input.batch_size, 1, MAX_BATCH)?.unwrap_or(1);
     if let Some(d) = &input.description {
         validate::max_chars("description", d, 500)?;
     }
@@ -439,7 +429,7 @@ pub async fn update(
 ) -> AppResult<Webhook> {
     let current = get(state, principal, id).await?;
     let events = input.events.as_deref().map(check_events).transpose()?;
-    let batch_size = check_batch_size(input.batch_size)?;
+    let batch_size = validate::within("batch_size", input.batch_size, 1, MAX_BATCH)?;
     if let Some(d) = &input.description {
         validate::max_chars("description", d, 500)?;
     }
