@@ -111,8 +111,10 @@ struct Envelope<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Data<'a> {
-    /// Already JSON: a rendered message, or the event's stored data.
+    /// Already JSON: a message read back, or the event's stored data.
     Rendered(&'a RawValue),
+    /// A new message as committed, written straight into the body.
+    Committed(AsRest<'a>),
     /// The message is gone with its conversation.
     Gone {
         id: Uuid,
@@ -121,22 +123,24 @@ enum Data<'a> {
     Null,
 }
 
-/// One claim's messages, rendered once and shared by its senders.
+/// One claim's messages, shared by its senders.
 #[derive(Default)]
 struct Rendered {
-    /// New messages as committed (for `message.created`), by id.
-    committed: HashMap<Uuid, Box<RawValue>>,
-    /// Messages as they are now, by id.
+    /// New messages as this process heard them committed (for `message.created`), by
+    /// id: each request's body is written from them directly, with no copy in between.
+    committed: HashMap<Uuid, Arc<Event>>,
+    /// Messages as they are now (read back), rendered once, by id.
     current: HashMap<Uuid, Box<RawValue>>,
 }
 
 impl Rendered {
-    fn get(&self, row: &Claimed, id: Uuid) -> Option<&RawValue> {
+    fn get(&self, row: &Claimed, id: Uuid) -> Option<Data<'_>> {
         (row.event_type == "message.created")
             .then(|| self.committed.get(&id))
             .flatten()
-            .or_else(|| self.current.get(&id))
-            .map(|raw| &**raw)
+            .and_then(|event| event.data.as_object())
+            .map(|data| Data::Committed(AsRest(data)))
+            .or_else(|| self.current.get(&id).map(|raw| Data::Rendered(raw)))
     }
 }
 
@@ -459,10 +463,10 @@ impl Dispatcher {
         Ok((rows, endpoints))
     }
 
-    /// The messages message events name, as the REST API shows them now, rendered once
-    /// per claim.
+    /// The messages message events name: new ones as this process heard them committed,
+    /// the others read back as the REST API shows them now (rendered once per claim).
     async fn render(&self, rows: &[Claimed]) -> sqlx::Result<Rendered> {
-        let mut kept: Vec<(Uuid, Arc<Event>)> = Vec::new();
+        let mut rendered = Rendered::default();
         let mut ids: Vec<Uuid> = Vec::new();
         if let Ok(mut recent) = self.recent.lock() {
             recent.wanted();
@@ -470,18 +474,10 @@ impl Dispatcher {
                 let Some(id) = row.message_id else { continue };
                 match recent.messages.get(&id) {
                     Some(event) if row.event_type == "message.created" => {
-                        kept.push((id, event.clone()));
+                        rendered.committed.insert(id, event.clone());
                     }
                     _ => ids.push(id),
                 }
-            }
-        }
-        let mut rendered = Rendered::default();
-        for (id, event) in kept {
-            if let Some(data) = event.data.as_object()
-                && let Ok(raw) = serde_json::value::to_raw_value(&AsRest(data))
-            {
-                rendered.committed.insert(id, raw);
             }
         }
         if ids.is_empty() {
@@ -647,6 +643,9 @@ impl Dispatcher {
     }
 }
 
+/// Room reserved per event in a request's body.
+const BODY_PER_EVENT: usize = 1024;
+
 /// A request's body: one event's envelope, or (`batched`) an array of them.
 fn body(rows: &[Claimed], batched: bool, messages: &Rendered) -> serde_json::Result<Vec<u8>> {
     let envelopes: Vec<Envelope> = rows
@@ -657,22 +656,23 @@ fn body(rows: &[Claimed], batched: bool, messages: &Rendered) -> serde_json::Res
             conversation_id: row.conversation_id,
             occurred_at: row.occurred_at,
             data: match (row.message_id, &row.data) {
-                (Some(id), _) => messages.get(row, id).map_or(
-                    Data::Gone {
-                        id,
-                        conversation_id: row.conversation_id,
-                    },
-                    Data::Rendered,
-                ),
+                (Some(id), _) => messages.get(row, id).unwrap_or(Data::Gone {
+                    id,
+                    conversation_id: row.conversation_id,
+                }),
                 (None, Some(data)) => Data::Rendered(&data.0),
                 (None, None) => Data::Null,
             },
         })
         .collect();
+    // One allocation for the whole body (a message renders to well under 1 KiB
+    // typically): no copies as it grows.
+    let mut out = Vec::with_capacity(BODY_PER_EVENT * rows.len() + 2);
     match (batched, envelopes.as_slice()) {
-        (false, [one]) => serde_json::to_vec(one),
-        _ => serde_json::to_vec(&envelopes),
+        (false, [one]) => serde_json::to_writer(&mut out, one)?,
+        _ => serde_json::to_writer(&mut out, &envelopes)?,
     }
+    Ok(out)
 }
 
 /// What went wrong, without the URL's query (it may carry a token).
@@ -827,7 +827,13 @@ mod tests {
         let mut messages = Rendered::default();
         messages.committed.insert(
             kept,
-            RawValue::from_string(r#"{"text":"as committed"}"#.into()).unwrap(),
+            Arc::new(Event {
+                kind: EventKind::MessageCreated,
+                conversation_id: Uuid::max(),
+                room: String::new(),
+                data: serde_json::json!({"text": "as committed", "source": "socket"}),
+                origin: Default::default(),
+            }),
         );
         messages.current.insert(
             kept,
@@ -848,7 +854,11 @@ mod tests {
             .iter()
             .map(|e| &e["data"])
             .collect();
-        assert_eq!(data[0]["text"], "as committed");
+        assert_eq!(
+            *data[0],
+            serde_json::json!({"text": "as committed"}),
+            "as committed, without the broadcast's source"
+        );
         assert_eq!(data[1]["text"], "now");
         assert_eq!(
             *data[2],

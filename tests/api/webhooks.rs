@@ -195,6 +195,11 @@ async fn every_committed_event_arrives_signed_and_messages_in_seq_order() {
     }
     assert!(["alice", "bob"].contains(&one.body["data"]["sender_id"].as_str().unwrap_or_default()));
     assert_eq!(one.body["data"]["seq"], 1);
+    // A message.created delivery's id is its message's; other events have their own.
+    for r in &got {
+        let same = r.body["id"] == r.body["data"]["id"];
+        assert_eq!(same, r.body["type"] == "message.created", "{}", r.body);
+    }
     // The participant the creation added (bob) was announced too, and carol's removal.
     let read = got
         .iter()
