@@ -22,7 +22,7 @@ use rand::Rng;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::Sha256;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use uuid::Uuid;
 
 use crate::{
@@ -153,6 +153,9 @@ struct Dispatcher {
     /// Each sent batch's delivered rows, as one message: they are deleted together.
     delivered: mpsc::Sender<Vec<(i64, Uuid)>>,
     recent: Mutex<Recent>,
+    /// A sender finished or delivered rows left the outbox: queues a claim passed over
+    /// (their endpoint had all its slots) may be due now.
+    freed: Arc<Notify>,
 }
 
 /// The messages this process heard committed (here or, through the bus, elsewhere), so
@@ -224,6 +227,7 @@ pub fn spawn(state: &AppState) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>
     let timeout = Duration::from_secs(state.config.webhook_timeout_seconds.max(1));
     let client = state.outbound.client(Some(timeout))?;
     let (delivered, finished) = mpsc::channel(1024);
+    let freed = Arc::new(Notify::new());
     let dispatcher = Arc::new(Dispatcher {
         state: state.clone(),
         client,
@@ -232,10 +236,11 @@ pub fn spawn(state: &AppState) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>
         busy: Default::default(),
         delivered,
         recent: Default::default(),
+        freed: freed.clone(),
     });
     Ok(vec![
         tokio::spawn(run(dispatcher)),
-        tokio::spawn(finish(state.clone(), finished)),
+        tokio::spawn(finish(state.clone(), finished, freed)),
         tokio::spawn(gauges(state.clone())),
     ])
 }
@@ -252,6 +257,9 @@ async fn run(d: Arc<Dispatcher>) {
             loop {
                 tokio::select! {
                     _ = d.state.shutdown.cancelled() => return,
+                    // Without this, a backlog over more queues than an endpoint may send
+                    // at once drained one claim per poll once new events stopped coming.
+                    _ = d.freed.notified() => break,
                     event = events.recv() => match event {
                         // Typing and stream deltas write no deliveries.
                         Ok(e) if crate::core::webhooks::event_type(e.kind).is_none() => continue,
@@ -374,6 +382,7 @@ impl Dispatcher {
                     }
                 }
                 drop(permit);
+                d.freed.notify_one();
             });
         }
         Ok(full)
@@ -706,7 +715,11 @@ const ANALYZE_EVERY: Duration = Duration::from_secs(30);
 /// Deletes delivered rows in batches (and notes the endpoints' last success), and keeps
 /// the outbox's indexes clean: every delivery leaves dead index entries at the front of its
 /// queue, which each claim would otherwise walk until autovacuum (a minute or more) came.
-async fn finish(state: AppState, mut delivered: mpsc::Receiver<Vec<(i64, Uuid)>>) {
+async fn finish(
+    state: AppState,
+    mut delivered: mpsc::Receiver<Vec<(i64, Uuid)>>,
+    freed: Arc<Notify>,
+) {
     let mut batches = Vec::with_capacity(64);
     let mut batch = Vec::with_capacity(1024);
     let mut vacuumed = Instant::now();
@@ -751,6 +764,8 @@ async fn finish(state: AppState, mut delivered: mpsc::Receiver<Vec<(i64, Uuid)>>
             // Their leases run out and they are sent again, with the same ids.
             tracing::warn!(error = %e, count = positions.len(), "could not record delivered webhooks");
         }
+        // Their queues are unlocked: what waits behind them is due.
+        freed.notify_one();
     }
 }
 
