@@ -89,6 +89,13 @@ struct Endpoint {
     batch_size: i32,
 }
 
+impl Claimed {
+    /// A new message's delivery: its data is the message as committed.
+    fn is_created(&self) -> bool {
+        self.event_type == "message.created"
+    }
+}
+
 impl Endpoint {
     /// Gets arrays of events rather than one event per request.
     fn batched(&self) -> bool {
@@ -135,7 +142,7 @@ struct Rendered {
 
 impl Rendered {
     fn get(&self, row: &Claimed, id: Uuid) -> Option<Data<'_>> {
-        (row.event_type == "message.created")
+        row.is_created()
             .then(|| self.committed.get(&id))
             .flatten()
             .and_then(|event| event.data.as_object())
@@ -320,8 +327,7 @@ impl Dispatcher {
     async fn claim_and_send(self: Arc<Self>) -> anyhow::Result<bool> {
         let free = self.slots.available_permits();
         if free == 0 {
-            // Senders are all busy; one finishing frees a slot (polled).
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Senders are all busy; one finishing wakes the dispatcher.
             return Ok(false);
         }
         let busy: Vec<Uuid> = self
@@ -482,7 +488,7 @@ impl Dispatcher {
             for row in rows {
                 let Some(id) = row.message_id else { continue };
                 match recent.messages.get(&id) {
-                    Some(event) if row.event_type == "message.created" => {
+                    Some(event) if row.is_created() => {
                         rendered.committed.insert(id, event.clone());
                     }
                     _ => ids.push(id),

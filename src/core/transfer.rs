@@ -381,11 +381,8 @@ async fn append(
             FROM (SELECT sender_id, max(seq) AS seq FROM numbered GROUP BY sender_id) n
             WHERE participants.conversation_id = $1 AND participants.participant_id = n.sender_id
         ), hooks AS (
-            INSERT INTO webhook_deliveries
-                (id, webhook_id, conversation_id, event_type, message_id, occurred_at)
-            SELECT m.id, w.id, m.conversation_id, 'message.created', m.id, m.created_at
-            FROM m JOIN webhooks w ON "#,
-        super::webhooks::endpoint_matches!("'message.created'", "m.conversation_id", "NULL"),
+            "#,
+        super::webhooks::message_created_deliveries!(),
         r#"
             ORDER BY m.seq, w.id
         )

@@ -75,6 +75,26 @@ macro_rules! endpoint_matches {
 }
 pub(crate) use endpoint_matches;
 
+/// The outbox rows of the messages a send statement inserts (its CTE `m`): one per
+/// matching endpoint, whose delivery id is the message's (one `message.created` per
+/// message and endpoint, and no random id to draw per row). The caller orders them.
+macro_rules! message_created_deliveries {
+    () => {
+        concat!(
+            "INSERT INTO webhook_deliveries
+                 (id, webhook_id, conversation_id, event_type, message_id, occurred_at)
+             SELECT m.id, w.id, m.conversation_id, 'message.created', m.id, m.created_at
+             FROM m JOIN webhooks w ON ",
+            $crate::core::webhooks::endpoint_matches!(
+                "'message.created'",
+                "m.conversation_id",
+                "NULL"
+            ),
+        )
+    };
+}
+pub(crate) use message_created_deliveries;
+
 /// Writes the deliveries of events, in the caller's transaction, in the order given.
 /// Message events name the message (rendered when sent); the others carry the event's
 /// data. An event's `member` is the participant a participant event is about.

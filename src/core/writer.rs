@@ -298,14 +298,9 @@ async fn store<'e>(
         ), hooks AS (
             -- The webhook outbox (contract §8): one delivery per matching endpoint, in the
             -- statement that commits the message. Numbered in seq order while the
-            -- conversation row is locked, so each endpoint's queue follows the log. The
-            -- delivery id is the message's: one message.created per message and endpoint
-            -- (and no random id to draw per row).
-            INSERT INTO webhook_deliveries
-                (id, webhook_id, conversation_id, event_type, message_id, occurred_at)
-            SELECT m.id, w.id, m.conversation_id, 'message.created', m.id, m.created_at
-            FROM m JOIN webhooks w ON "#,
-        crate::core::webhooks::endpoint_matches!("'message.created'", "m.conversation_id", "NULL"),
+            -- conversation row is locked, so each endpoint's queue follows the log.
+            "#,
+        crate::core::webhooks::message_created_deliveries!(),
         r#"
             ORDER BY m.conversation_id, m.seq, w.id
         )
