@@ -72,15 +72,18 @@ impl Cursor {
         }
     }
 
-    /// Marks where a plain join stands (the `last_seq` its ack reports): older messages a
-    /// late wake-up or a log read brings are not emitted as live. A lane already there
-    /// (held, or live further on) is left as it is.
+    /// Marks where a plain join stands (a `last_seq` read after the socket joined the
+    /// room): older messages a late wake-up or a log read brings are not emitted as live.
+    /// A lane already there is left as it is — held, or live because messages reached
+    /// the socket between its room join and that read. Those came in `seq` order from
+    /// the delivery stage, and the ones after them up to `last_seq` are still on their
+    /// way: moving the lane to `last_seq` would skip them, a hole in the middle of the
+    /// socket's live stream.
     pub fn start(&self, conversation_id: Uuid, last_seq: i64) {
         if let Ok(mut lanes) = self.0.lock() {
-            match lanes.entry(conversation_id).or_insert(Lane::Live(None)) {
-                Lane::Live(last) if last.is_none_or(|l| l < last_seq) => *last = Some(last_seq),
-                _ => {}
-            }
+            lanes
+                .entry(conversation_id)
+                .or_insert(Lane::Live(Some(last_seq)));
         }
     }
 
@@ -153,25 +156,18 @@ impl Cursor {
         let Ok(mut lanes) = self.0.lock() else {
             return Offered::Dropped;
         };
-        let lane = lanes
-            .entry(event.conversation_id)
-            .or_insert(Lane::Live(None));
-        match lane {
-            Lane::Held(held) if held.len() < MAX_HELD => {
-                held.push(event.clone());
-                Offered::Held
-            }
-            Lane::Held(_) => {
+        match admit(&mut lanes, event, seq) {
+            Admitted::Held => Offered::Held,
+            Admitted::Full => {
                 drop(lanes);
                 slow(socket);
                 Offered::Dropped
             }
-            Lane::Live(last) if last.is_some_and(|l| seq <= l) => {
+            Admitted::Repeat => {
                 crate::metrics::delivery_duplicate();
                 Offered::Skipped
             }
-            Lane::Live(last) => {
-                *last = Some(seq);
+            Admitted::Emit => {
                 let broadcast = !skips_origin(socket, event);
                 match out.emit(socket, broadcast) {
                     Ok(()) if broadcast => Offered::Emitted,
@@ -184,6 +180,37 @@ impl Cursor {
                     Err(_) => Offered::Dropped,
                 }
             }
+        }
+    }
+}
+
+/// What a socket's lanes make of one live message.
+#[derive(Debug, PartialEq, Eq)]
+enum Admitted {
+    /// Live and new: emit it (the lane has moved on to it).
+    Emit,
+    /// Live, and the socket already has it.
+    Repeat,
+    /// Waiting behind a log read.
+    Held,
+    /// Waiting behind a log read, and the wait is full.
+    Full,
+}
+
+fn admit(lanes: &mut HashMap<Uuid, Lane>, event: &Arc<Event>, seq: i64) -> Admitted {
+    match lanes
+        .entry(event.conversation_id)
+        .or_insert(Lane::Live(None))
+    {
+        Lane::Held(held) if held.len() < MAX_HELD => {
+            held.push(event.clone());
+            Admitted::Held
+        }
+        Lane::Held(_) => Admitted::Full,
+        Lane::Live(last) if last.is_some_and(|l| seq <= l) => Admitted::Repeat,
+        Lane::Live(last) => {
+            *last = Some(seq);
+            Admitted::Emit
         }
     }
 }
@@ -279,4 +306,64 @@ fn slow(socket: &SocketRef) {
     crate::metrics::slow_consumer_disconnected();
     tracing::info!(sid = %socket.id, "disconnecting a socket that cannot keep up; it resumes on reconnect");
     let _ = socket.clone().disconnect();
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::events::{EventKind, Origin};
+
+    fn message(conversation_id: Uuid, seq: i64) -> Arc<Event> {
+        Arc::new(Event {
+            kind: EventKind::MessageCreated,
+            conversation_id,
+            room: String::new(),
+            data: json!({ "seq": seq }),
+            origin: Origin {
+                socket_id: None,
+                echo: true,
+            },
+        })
+    }
+
+    fn offer(cursor: &Cursor, conversation_id: Uuid, seq: i64) -> Admitted {
+        let mut lanes = cursor.0.lock().expect("lanes");
+        admit(&mut lanes, &message(conversation_id, seq), seq)
+    }
+
+    /// The socket joined the room, 363 reached it, then the join read `last_seq` 364
+    /// (committed, its wake-up still on the way): 364 must still reach the socket.
+    #[test]
+    fn a_join_position_read_after_live_messages_arrived_skips_none_still_coming() {
+        let (cursor, c) = (Cursor::default(), Uuid::now_v7());
+        assert_eq!(offer(&cursor, c, 363), Admitted::Emit);
+        cursor.start(c, 364);
+        assert_eq!(offer(&cursor, c, 364), Admitted::Emit);
+        assert_eq!(offer(&cursor, c, 364), Admitted::Repeat);
+        assert_eq!(offer(&cursor, c, 365), Admitted::Emit);
+    }
+
+    #[test]
+    fn a_join_before_any_live_message_starts_after_its_position() {
+        let (cursor, c) = (Cursor::default(), Uuid::now_v7());
+        cursor.start(c, 10);
+        assert_eq!(offer(&cursor, c, 9), Admitted::Repeat);
+        assert_eq!(offer(&cursor, c, 10), Admitted::Repeat);
+        assert_eq!(offer(&cursor, c, 11), Admitted::Emit);
+        // A second join of the same conversation does not move a lane that is live.
+        cursor.start(c, 20);
+        assert_eq!(offer(&cursor, c, 12), Admitted::Emit);
+    }
+
+    #[test]
+    fn a_plain_join_leaves_a_held_lane_held() {
+        let (cursor, c) = (Cursor::default(), Uuid::now_v7());
+        cursor.hold(c);
+        cursor.start(c, 5);
+        assert_eq!(offer(&cursor, c, 6), Admitted::Held);
+        cursor.forget(c);
+        assert_eq!(offer(&cursor, c, 7), Admitted::Emit);
+    }
 }

@@ -614,13 +614,24 @@ async fn join(
         )
         .await?;
     }
-    let conversation = conversations::get(state, &principal, conversation_id).await?;
     let Some(since) = since else {
         let access = join_checked(state, socket, &principal, conversation_id).await?;
         Cursor::of(socket).start(conversation_id, access.last_seq);
+        // Read after the join: the `last_seq` the ack reports is never below where the
+        // socket's live stream starts, so a client that reads history up to it and takes
+        // the rest live has no hole.
+        let conversation = match conversations::get(state, &principal, conversation_id).await {
+            Ok(conversation) => conversation,
+            Err(e) => {
+                socket.leave(room(conversation_id));
+                Cursor::of(socket).forget(conversation_id);
+                return Err(e);
+            }
+        };
         let data = json!({ "conversation": conversation, "conversation_id": conversation_id });
         return Ok((data, None));
     };
+    let conversation = conversations::get(state, &principal, conversation_id).await?;
     let max = if wants_ack { MAX_GAP_FILL } else { MAX_RESUME };
     let Held {
         since,
@@ -655,33 +666,38 @@ async fn leave(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Valu
 }
 
 async fn join_all(state: &AppState, socket: &SocketRef, principal: &Principal) -> AppResult<usize> {
-    let ids: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT p.conversation_id, c.last_seq FROM participants p \
-         JOIN conversations c ON c.id = p.conversation_id \
-         WHERE p.participant_id = $1 LIMIT 10000",
+    let ids: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT conversation_id FROM participants WHERE participant_id = $1 LIMIT 10000",
     )
     .bind(&principal.id)
     .fetch_all(&state.db)
     .await?;
-    let cursor = Cursor::of(socket);
-    for (id, last_seq) in &ids {
-        cursor.start(*id, *last_seq);
+    let joined: Vec<Uuid> = ids.into_iter().map(|(id,)| id).collect();
+    for id in &joined {
         socket.join(room(*id));
-        state.events.watch(*id, Some(*last_seq));
     }
-    // A removal committed between the list and the joins found no socket to cut: the
-    // rooms joined are checked once more, and those no longer the principal's are left.
-    let joined: Vec<Uuid> = ids.iter().map(|(id, _)| *id).collect();
-    let still: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT conversation_id FROM participants WHERE participant_id = $1 AND conversation_id = ANY($2)",
+    // Read after the rooms were joined: each position is one the socket's live stream
+    // reaches from below, so nothing after it is missed. A removal committed between the
+    // list and the joins found no socket to cut: the rooms joined are checked once more,
+    // and those no longer the principal's are left.
+    let still: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT p.conversation_id, c.last_seq FROM participants p \
+         JOIN conversations c ON c.id = p.conversation_id \
+         WHERE p.participant_id = $1 AND p.conversation_id = ANY($2)",
     )
     .bind(&principal.id)
     .bind(&joined)
     .fetch_all(&state.db)
     .await?;
-    let still: std::collections::HashSet<Uuid> = still.into_iter().map(|(id,)| id).collect();
+    let cursor = Cursor::of(socket);
+    for (id, last_seq) in &still {
+        cursor.start(*id, *last_seq);
+        state.events.watch(*id, Some(*last_seq));
+    }
+    let still: std::collections::HashSet<Uuid> = still.into_iter().map(|(id, _)| id).collect();
     for id in joined.iter().filter(|id| !still.contains(id)) {
         socket.leave(room(*id));
+        cursor.forget(*id);
     }
     Ok(still.len())
 }

@@ -233,3 +233,90 @@ async fn a_stored_message_nobody_announced_is_delivered_from_the_log() {
         .expect("third");
     assert_eq!(third["seq"], 3);
 }
+
+/// Sockets that join while messages stream in — on a process that hears of them over the
+/// bus, so some are committed but not yet announced there when the join reads its
+/// position — get, from their first live message on, every later one with no hole, and
+/// never start above the `last_seq` the join's ack reported. (A join that read its
+/// position just after a live message reached the socket once skipped the messages
+/// between that one and the position.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_joining_mid_stream_get_a_live_stream_without_holes() {
+    let a = spawn_app_with(|c| c.rate_limit_per_minute = 1_000_000).await;
+    let b = spawn_on(&a.database_url, |c| c.rate_limit_per_minute = 1_000_000).await;
+    let cid = a.conversation("alice", &["bob"]).await;
+    // The senders keep going until every joiner is in.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..3)
+        .map(|s| {
+            let (base, cid, stop) = (a.base.clone(), cid.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let r = http
+                        .post(format!("{base}{}", api(&format!("/messages/conversations/{cid}"))))
+                        .bearer_auth(token("alice"))
+                        .json(&json!({ "text": format!("{s}-{i}"), "client_message_id": format!("{s}-{i}") }))
+                        .send()
+                        .await
+                        .expect("send");
+                    assert_eq!(r.status(), StatusCode::CREATED);
+                }
+                i
+            })
+        })
+        .collect();
+    // Joiners on B, one after another while the senders run: half with `join`, half
+    // with `join_all`.
+    let mut joiners = vec![];
+    for i in 0..16 {
+        let mut s = Sio::connect(&b, Some(&token("bob")))
+            .await
+            .expect("connect");
+        let at = if i % 2 == 0 {
+            let ack = s.call("join", json!({ "conversation_id": cid })).await;
+            assert_eq!(ack["success"], true, "{ack}");
+            ack["data"]["conversation"]["last_seq"].as_i64()
+        } else {
+            let ack = s.call("join_all", json!({})).await;
+            assert_eq!(ack["data"]["joined"], 1, "{ack}");
+            None
+        };
+        joiners.push((i, s, at));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut n = 0;
+    for s in senders {
+        n += s.await.expect("sender");
+    }
+    let mut started_mid_stream = 0;
+    for (i, mut s, at) in joiners {
+        let seqs = s.seqs_until(n, 5000).await;
+        let Some(first) = seqs.first().copied() else {
+            panic!("joiner {i} got nothing")
+        };
+        let breaks: Vec<(i64, i64)> = seqs
+            .windows(2)
+            .filter(|w| w[1] != w[0] + 1)
+            .map(|w| (w[0], w[1]))
+            .collect();
+        assert!(
+            breaks.is_empty(),
+            "joiner {i}: holes or repeats (got … a, b …): {breaks:?}"
+        );
+        assert_eq!(seqs.last(), Some(&n), "joiner {i}: did not get to the end");
+        if let Some(at) = at {
+            assert!(
+                first <= at + 1,
+                "joiner {i}: ack said last_seq {at}, stream began at {first}"
+            );
+        }
+        if first > 1 {
+            started_mid_stream += 1;
+        }
+    }
+    assert!(started_mid_stream > 0, "no joiner joined mid-stream");
+}
