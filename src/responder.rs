@@ -317,6 +317,7 @@ impl Runtime {
                         "in_reply_to": message.id,
                     }),
                     origin: Origin::default(),
+                    json: Default::default(),
                 });
             }
         }
@@ -329,6 +330,8 @@ impl Runtime {
             room: room.to_owned(),
             data: json!({ "conversation_id": conversation_id, "user_id": agent, "is_typing": is_typing }),
             origin: Origin::default(),
+ json: Default::default(),
+
         });
     }
 
@@ -496,6 +499,7 @@ impl Runtime {
                     "delta": delta,
                 }),
                 origin: Origin::default(),
+                json: Default::default(),
             });
             index += 1;
         }

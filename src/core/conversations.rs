@@ -720,6 +720,7 @@ async fn commit_updated(
         room: access.room.clone(),
         data: serde_json::to_value(conversation).unwrap_or(Value::Null),
         origin: Default::default(),
+        json: Default::default(),
     };
     super::webhooks::record_event(&mut tx, &event, None).await?;
     tx.commit().await?;
@@ -740,6 +741,7 @@ pub async fn delete(state: &AppState, principal: &Principal, id: Uuid) -> AppRes
         room: access.room,
         data: json!({ "id": id, "conversation_id": id }),
         origin: Default::default(),
+        json: Default::default(),
     });
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
@@ -45,15 +45,60 @@ pub struct Origin {
     pub echo: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct Event {
     pub kind: EventKind,
     pub conversation_id: Uuid,
     /// The conversation's `platform_conversation_id` (Socket.IO `roomId`/`channelId`).
     pub room: String,
+    /// For message events, the message exactly as the REST API shows it.
     pub data: Value,
     #[serde(default)]
     pub origin: Origin,
+    /// `data` as JSON text, once something asked for it ([`Event::data_json`]).
+    #[serde(skip)]
+    pub json: DataJson,
+}
+
+/// An event's `data` as JSON text, written once by whoever needs it first (the bus relay,
+/// the webhook dispatcher) and then shared: a message is escaped and written out once
+/// however many of them send it on, and what is kept of it afterwards is one buffer
+/// rather than a tree of values.
+#[derive(Clone, Debug, Default)]
+pub struct DataJson(OnceLock<Arc<RawValue>>);
+
+impl DataJson {
+    #[cfg(test)]
+    pub fn written(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+impl Event {
+    /// `data` as JSON text (written the first time it is asked for).
+    pub fn data_json(&self) -> &Arc<RawValue> {
+        self.json.0.get_or_init(|| {
+            // A `Value` always serialises; keep the type total anyway.
+            Arc::from(serde_json::value::to_raw_value(&self.data).unwrap_or_default())
+        })
+    }
+}
+
+/// As derived, but `data` is written from its JSON text when that exists already.
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut event = serializer.serialize_struct("Event", 5)?;
+        event.serialize_field("kind", &self.kind)?;
+        event.serialize_field("conversation_id", &self.conversation_id)?;
+        event.serialize_field("room", &self.room)?;
+        match self.json.0.get() {
+            Some(json) => event.serialize_field("data", &**json)?,
+            None => event.serialize_field("data", &self.data)?,
+        }
+        event.serialize_field("origin", &self.origin)?;
+        event.end()
+    }
 }
 
 /// Publish side of the bus; cloning shares the channel.
@@ -226,6 +271,7 @@ impl Events {
             room: String::new(),
             data: Value::Null,
             origin: Origin::default(),
+            json: Default::default(),
         }));
     }
 

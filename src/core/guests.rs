@@ -213,6 +213,7 @@ pub async fn purge(state: &AppState, ttl: Duration) -> AppResult<u64> {
             room: room.clone(),
             data: json!({ "id": id, "conversation_id": id }),
             origin: Default::default(),
+            json: Default::default(),
         });
     }
     Ok(gone.len() as u64)

@@ -396,7 +396,6 @@ async fn send_once(
         principal_id: principal.id.clone(),
         privileged: principal.is_privileged(),
         origin: options.origin,
-        source: options.source,
     });
     let inserted = write.await;
 
@@ -560,5 +559,6 @@ pub(crate) fn event(kind: EventKind, room: &str, message: &Message) -> Event {
         room: room.to_owned(),
         data: serde_json::to_value(message).unwrap_or(Value::Null),
         origin: Origin::default(),
+        json: Default::default(),
     }
 }

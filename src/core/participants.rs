@@ -306,6 +306,7 @@ pub async fn remove(
         room: access.room,
         data: json!({ "conversation_id": id, "participant_id": participant_id }),
         origin: Default::default(),
+        json: Default::default(),
     };
     super::webhooks::record_event(&mut tx, &event, Some(participant_id)).await?;
     tx.commit().await?;
@@ -329,6 +330,7 @@ pub(crate) async fn joined_events(
             room: room.to_owned(),
             data: json!({ "conversation_id": conversation_id, "participant": participant }),
             origin: Default::default(),
+            json: Default::default(),
         })
         .collect();
     let recorded: Vec<(&Event, Option<&str>)> = events

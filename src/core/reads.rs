@@ -94,6 +94,7 @@ pub async fn mark_read(
             "last_read_seq": last_read_seq,
         }),
         origin,
+        json: Default::default(),
     };
     if last_read_seq > before {
         super::webhooks::record_event(&mut tx, &event, None).await?;

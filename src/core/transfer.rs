@@ -573,6 +573,7 @@ pub async fn erase(state: &AppState, principal: &Principal, id: &str) -> AppResu
                 room: room.clone(),
                 data: json!({ "conversation_id": conversation_id, "participant_id": id }),
                 origin: Default::default(),
+                json: Default::default(),
             },
             Some(id),
         ));

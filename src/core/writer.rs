@@ -52,9 +52,8 @@ pub struct Draft {
     /// The caller: must be a participant unless `privileged`.
     pub principal_id: String,
     pub privileged: bool,
-    /// Who sent it, for the transports' echo rules, and where from (`source`).
+    /// Who sent it, for the transports' echo rules (where from is in `platform_context`).
     pub origin: Origin,
-    pub source: Option<String>,
 }
 
 /// A stored message and its conversation's room.
@@ -188,20 +187,19 @@ async fn run(
     }
 }
 
-/// Publishes a committed message (with its source, for `messageBroadcast`).
+/// Publishes a committed message, as the REST API shows it (`messageBroadcast` takes its
+/// `source` from `platform_context.metadata`).
 fn announce(events: &Events, draft: &Draft, SentRow { row, room }: SentRow) -> Message {
     let message: Message = row.into();
     crate::metrics::message_persisted();
-    let mut data = serde_json::to_value(&message).unwrap_or(Value::Null);
-    if let (Some(source), Some(obj)) = (&draft.source, data.as_object_mut()) {
-        obj.insert("source".into(), Value::String(source.clone()));
-    }
+    let data = serde_json::to_value(&message).unwrap_or(Value::Null);
     events.publish(Event {
         kind: EventKind::MessageCreated,
         conversation_id: message.conversation_id,
         room,
         data,
         origin: draft.origin.clone(),
+        json: Default::default(),
     });
     message
 }

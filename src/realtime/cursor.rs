@@ -325,6 +325,7 @@ mod tests {
                 socket_id: None,
                 echo: true,
             },
+            json: Default::default(),
         })
     }
 

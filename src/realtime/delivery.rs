@@ -287,29 +287,19 @@ fn flush(events: &Events, track: &mut Track, now: Instant) {
     };
 }
 
-/// A stored message as the `MessageCreated` event its writer announced (with `source`
-/// lifted out of the platform context, as the writer does). Who sent it is not in the
-/// log: everyone, the sender included, gets it.
+/// A stored message as the `MessageCreated` event its writer announced. Who sent it is
+/// not in the log: everyone, the sender included, gets it.
 pub fn from_log(message: &Message) -> Arc<Event> {
-    let mut data = serde_json::to_value(message).unwrap_or(Value::Null);
-    if let Some(obj) = data.as_object_mut() {
-        let source = obj
-            .get("platform_context")
-            .and_then(|c| c.get("metadata"))
-            .and_then(|m| m.get("source"))
-            .cloned()
-            .unwrap_or(Value::Null);
-        obj.insert("source".into(), source);
-    }
     Arc::new(Event {
         kind: EventKind::MessageCreated,
         conversation_id: message.conversation_id,
         room: message.platform_context.room_id.clone(),
-        data,
+        data: serde_json::to_value(message).unwrap_or(Value::Null),
         origin: Origin {
             socket_id: None,
             echo: true,
         },
+        json: Default::default(),
     })
 }
 

@@ -214,6 +214,7 @@ async fn load(state: &AppState, id: Uuid) -> Option<Known> {
                 room: String::new(),
                 data,
                 origin: Default::default(),
+                json: Default::default(),
             }))
         }
         _ => None,

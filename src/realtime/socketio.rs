@@ -866,6 +866,7 @@ async fn typing(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Val
         room: access.room,
         data: json!({ "conversation_id": conversation_id, "user_id": principal.id, "is_typing": is_typing }),
         origin: Origin { socket_id: Some(socket.id.to_string()), echo: false },
+        json: Default::default(),
     });
     Ok(json!({ "conversation_id": conversation_id, "is_typing": is_typing }))
 }
@@ -903,6 +904,7 @@ async fn complete(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<V
             socket_id: Some(socket.id.to_string()),
             echo: true,
         },
+        json: Default::default(),
     });
     Ok(data)
 }

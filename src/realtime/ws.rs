@@ -526,6 +526,7 @@ async fn handle_frame(
                                     data: serde_json::to_value(&sent.message)
                                         .unwrap_or(Value::Null),
                                     origin: Origin::default(),
+                                    json: Default::default(),
                                 };
                                 frame(&frames_for(&event, &access.room, &principal.id)[0])
                             })
@@ -551,6 +552,7 @@ async fn handle_frame(
                 data: json!({ "conversation_id": access.conversation_id, "user_id": principal.id,
                               "is_typing": parsed.is_typing.unwrap_or(true) }),
                 origin,
+                json: Default::default(),
             });
             Ok(None)
         }

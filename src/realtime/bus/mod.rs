@@ -36,25 +36,36 @@ use crate::{
 
 /// What one process tells the others: the event (or, past the engine's size limit, a
 /// reference to re-read it by) and who sent it, so a process skips its own.
-#[derive(Serialize, Deserialize)]
+/// (Who sent it, `node` and `wake`, is read first, by [`Peek`].)
+#[derive(Deserialize)]
 struct Envelope {
-    node: Uuid,
-    /// The publisher's number for this wake-up (Redis: its copies on several channels
-    /// carry the same, so a receiver can tell them apart from new ones).
-    #[serde(default)]
-    wake: u64,
     event: Event,
     /// The event's `data` was left out for size; re-read it by id.
     #[serde(default)]
     by_reference: bool,
 }
 
+/// [`Envelope`] as it is written: the event borrowed, not copied.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    node: Uuid,
+    /// The publisher's number for this wake-up (Redis: its copies on several channels
+    /// carry the same, so a receiver can tell them apart from new ones).
+    wake: u64,
+    event: &'a Event,
+    by_reference: bool,
+}
+
 /// The envelope as JSON, at most `max_bytes` long (larger events go by reference).
 fn encode(node: Uuid, wake: u64, event: &Event, max_bytes: usize) -> Option<String> {
-    let full = serde_json::to_string(&Envelope {
+    if event.kind == EventKind::MessageCreated {
+        // Written once and kept with the event: the webhook dispatcher sends the same text.
+        event.data_json();
+    }
+    let full = serde_json::to_string(&Outgoing {
         node,
         wake,
-        event: event.clone(),
+        event,
         by_reference: false,
     })
     .ok()?;
@@ -66,12 +77,18 @@ fn encode(node: Uuid, wake: u64, event: &Event, max_bytes: usize) -> Option<Stri
 
 /// The envelope without the event's data: the receiver re-reads it by id.
 fn by_reference(node: Uuid, wake: u64, event: &Event) -> Option<String> {
-    let mut slim = event.clone();
-    slim.data = serde_json::json!({ "id": event.data.get("id") });
-    serde_json::to_string(&Envelope {
+    let slim = Event {
+        kind: event.kind,
+        conversation_id: event.conversation_id,
+        room: event.room.clone(),
+        data: serde_json::json!({ "id": event.data.get("id") }),
+        origin: event.origin.clone(),
+        json: Default::default(),
+    };
+    serde_json::to_string(&Outgoing {
         node,
         wake,
-        event: slim,
+        event: &slim,
         by_reference: true,
     })
     .ok()
@@ -236,4 +253,60 @@ impl Batches {
 /// Shared by the engines: a received event goes to this process's delivery stage.
 fn deliver(state: &AppState, event: Event) {
     state.events.deliver_local(Arc::new(event));
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::events::Origin;
+
+    fn message() -> Event {
+        Event {
+            kind: EventKind::MessageCreated,
+            conversation_id: Uuid::now_v7(),
+            room: "room-1".into(),
+            data: json!({ "id": Uuid::nil(), "seq": 7, "text": "a \"quoted\" line\n", "platform_context": { "metadata": { "source": "ws" } } }),
+            origin: Origin {
+                socket_id: Some("sid".into()),
+                echo: false,
+            },
+            json: Default::default(),
+        }
+    }
+
+    /// A message goes out with its data written once and kept with the event; what
+    /// arrives is the event as it was, whether its text was written before or not.
+    #[test]
+    fn an_envelope_reads_back_as_the_event_it_carried() {
+        let event = message();
+        let node = Uuid::now_v7();
+        let plain = serde_json::to_string(&event).expect("event");
+        let wire = encode(node, 3, &event, 7900).expect("encoded");
+        assert!(event.json.written(), "the message's text was kept");
+        assert_eq!(serde_json::to_string(&event).expect("event"), plain);
+        let peeked = peek(wire.as_bytes()).expect("peek");
+        assert_eq!((peeked.node, peeked.wake), (node, 3));
+        let back: Envelope = serde_json::from_str(&wire).expect("envelope");
+        assert!(!back.by_reference);
+        assert_eq!(back.event.data, event.data);
+        assert_eq!(back.event.kind, event.kind);
+        assert_eq!(back.event.room, event.room);
+        assert_eq!(back.event.origin.socket_id.as_deref(), Some("sid"));
+        assert!(!back.event.json.written());
+    }
+
+    /// Past the size limit only the id travels, even when the full text is kept.
+    #[test]
+    fn a_large_event_goes_by_reference_without_its_kept_text() {
+        let mut event = message();
+        event.data["text"] = json!("x".repeat(10_000));
+        event.data_json();
+        let wire = encode(Uuid::now_v7(), 0, &event, 7900).expect("encoded");
+        assert!(wire.len() < 1000, "{} bytes", wire.len());
+        let back: Envelope = serde_json::from_str(&wire).expect("envelope");
+        assert!(back.by_reference);
+        assert_eq!(back.event.data, json!({ "id": Uuid::nil() }));
+    }
 }
