@@ -835,14 +835,13 @@ mod tests {
         let kept = Uuid::now_v7();
         let gone = Uuid::now_v7();
         let mut messages = Rendered::default();
-        let committed = Event {
-            kind: EventKind::MessageCreated,
-            conversation_id: Uuid::max(),
-            room: String::new(),
-            data: serde_json::json!({"text": "as committed \"quoted\""}),
-            origin: Default::default(),
-            json: Default::default(),
-        };
+        let committed = Event::new(
+            EventKind::MessageCreated,
+            Uuid::max(),
+            String::new(),
+            serde_json::json!({"text": "as committed \"quoted\""}),
+            Default::default(),
+        );
         messages
             .committed
             .insert(kept, committed.data_json().clone());

@@ -304,11 +304,11 @@ impl Runtime {
                 crate::metrics::responder_outcome(failure.code);
                 tracing::info!(agent_id = %settings.agent_id, conversation_id = %message.conversation_id,
                     code = failure.code, reason = %failure.message, "responder gave up on a reply");
-                self.state.events.publish(Event {
-                    kind: EventKind::StreamError,
-                    conversation_id: message.conversation_id,
+                self.state.events.publish(Event::new(
+                    EventKind::StreamError,
+                    message.conversation_id,
                     room,
-                    data: json!({
+                    json!({
                         "code": failure.code,
                         "message": failure.message,
                         "conversation_id": message.conversation_id,
@@ -316,23 +316,20 @@ impl Runtime {
                         "agent_id": settings.agent_id,
                         "in_reply_to": message.id,
                     }),
-                    origin: Origin::default(),
-                    json: Default::default(),
-                });
+                    Origin::default(),
+                ));
             }
         }
     }
 
     fn typing(&self, agent: &str, conversation_id: Uuid, room: &str, is_typing: bool) {
-        self.state.events.publish(Event {
-            kind: EventKind::Typing,
+        self.state.events.publish(Event::new(
+            EventKind::Typing,
             conversation_id,
-            room: room.to_owned(),
-            data: json!({ "conversation_id": conversation_id, "user_id": agent, "is_typing": is_typing }),
-            origin: Origin::default(),
- json: Default::default(),
-
-        });
+            room.to_owned(),
+            json!({ "conversation_id": conversation_id, "user_id": agent, "is_typing": is_typing }),
+            Origin::default(),
+        ));
     }
 
     /// The conversation up to `message`, oldest first, as chat messages.
@@ -486,11 +483,11 @@ impl Runtime {
             if index == 0 {
                 crate::metrics::responder_first_delta(message.created_at);
             }
-            self.state.events.publish(Event {
-                kind: EventKind::MessageStream,
-                conversation_id: message.conversation_id,
-                room: room.to_owned(),
-                data: json!({
+            self.state.events.publish(Event::new(
+                EventKind::MessageStream,
+                message.conversation_id,
+                room.to_owned(),
+                json!({
                     "conversation_id": message.conversation_id,
                     "stream_id": stream_id,
                     "agent_id": settings.agent_id,
@@ -498,9 +495,8 @@ impl Runtime {
                     "index": index,
                     "delta": delta,
                 }),
-                origin: Origin::default(),
-                json: Default::default(),
-            });
+                Origin::default(),
+            ));
             index += 1;
         }
         if text.trim().is_empty() {

@@ -714,14 +714,13 @@ async fn commit_updated(
     access: &Access,
     conversation: &Conversation,
 ) -> AppResult<()> {
-    let event = Event {
-        kind: EventKind::ConversationUpdated,
-        conversation_id: access.conversation_id,
-        room: access.room.clone(),
-        data: serde_json::to_value(conversation).unwrap_or(Value::Null),
-        origin: Default::default(),
-        json: Default::default(),
-    };
+    let event = Event::new(
+        EventKind::ConversationUpdated,
+        access.conversation_id,
+        access.room.clone(),
+        serde_json::to_value(conversation).unwrap_or(Value::Null),
+        Default::default(),
+    );
     super::webhooks::record_event(&mut tx, &event, None).await?;
     tx.commit().await?;
     state.events.publish(event);
@@ -735,14 +734,13 @@ pub async fn delete(state: &AppState, principal: &Principal, id: Uuid) -> AppRes
         .bind(id)
         .execute(&state.db)
         .await?;
-    state.events.publish(Event {
-        kind: EventKind::ConversationDeleted,
-        conversation_id: id,
-        room: access.room,
-        data: json!({ "id": id, "conversation_id": id }),
-        origin: Default::default(),
-        json: Default::default(),
-    });
+    state.events.publish(Event::new(
+        EventKind::ConversationDeleted,
+        id,
+        access.room,
+        json!({ "id": id, "conversation_id": id }),
+        Default::default(),
+    ));
     Ok(())
 }
 

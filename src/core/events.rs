@@ -75,6 +75,23 @@ impl DataJson {
 }
 
 impl Event {
+    pub fn new(
+        kind: EventKind,
+        conversation_id: Uuid,
+        room: String,
+        data: Value,
+        origin: Origin,
+    ) -> Self {
+        Self {
+            kind,
+            conversation_id,
+            room,
+            data,
+            origin,
+            json: DataJson::default(),
+        }
+    }
+
     /// `data` as JSON text (written the first time it is asked for).
     pub fn data_json(&self) -> &Arc<RawValue> {
         self.json.0.get_or_init(|| {
@@ -265,14 +282,13 @@ impl Events {
     /// Has the transports check again who may read `conversation_id` (`Uuid::nil()`: every
     /// conversation): after the bus may have missed a removal. Local only.
     pub fn recheck(&self, conversation_id: Uuid) {
-        self.deliver_local(Arc::new(Event {
-            kind: EventKind::AccessChanged,
+        self.deliver_local(Arc::new(Event::new(
+            EventKind::AccessChanged,
             conversation_id,
-            room: String::new(),
-            data: Value::Null,
-            origin: Origin::default(),
-            json: Default::default(),
-        }));
+            String::new(),
+            Value::Null,
+            Origin::default(),
+        )));
     }
 
     /// A local client no longer follows `conversation_id` (the bus unsubscribed it): the

@@ -207,14 +207,13 @@ pub async fn purge(state: &AppState, ttl: Duration) -> AppResult<u64> {
     .fetch_all(&state.db)
     .await?;
     for (id, room) in &gone {
-        state.events.publish(Event {
-            kind: EventKind::ConversationDeleted,
-            conversation_id: *id,
-            room: room.clone(),
-            data: json!({ "id": id, "conversation_id": id }),
-            origin: Default::default(),
-            json: Default::default(),
-        });
+        state.events.publish(Event::new(
+            EventKind::ConversationDeleted,
+            *id,
+            room.clone(),
+            json!({ "id": id, "conversation_id": id }),
+            Default::default(),
+        ));
     }
     Ok(gone.len() as u64)
 }

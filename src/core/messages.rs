@@ -553,12 +553,11 @@ pub async fn delete(state: &AppState, principal: &Principal, id: Uuid) -> AppRes
 
 /// The event announcing a change to `message` (publish it after the commit).
 pub(crate) fn event(kind: EventKind, room: &str, message: &Message) -> Event {
-    Event {
+    Event::new(
         kind,
-        conversation_id: message.conversation_id,
-        room: room.to_owned(),
-        data: serde_json::to_value(message).unwrap_or(Value::Null),
-        origin: Origin::default(),
-        json: Default::default(),
-    }
+        message.conversation_id,
+        room.to_owned(),
+        serde_json::to_value(message).unwrap_or(Value::Null),
+        Origin::default(),
+    )
 }

@@ -300,14 +300,13 @@ pub async fn remove(
     if removed == 0 {
         return Err(AppError::NotFound("participant"));
     }
-    let event = Event {
-        kind: EventKind::ParticipantLeft,
-        conversation_id: id,
-        room: access.room,
-        data: json!({ "conversation_id": id, "participant_id": participant_id }),
-        origin: Default::default(),
-        json: Default::default(),
-    };
+    let event = Event::new(
+        EventKind::ParticipantLeft,
+        id,
+        access.room,
+        json!({ "conversation_id": id, "participant_id": participant_id }),
+        Default::default(),
+    );
     super::webhooks::record_event(&mut tx, &event, Some(participant_id)).await?;
     tx.commit().await?;
     state.events.publish(event);
@@ -324,13 +323,14 @@ pub(crate) async fn joined_events(
 ) -> AppResult<Vec<Event>> {
     let events: Vec<Event> = added
         .iter()
-        .map(|participant| Event {
-            kind: EventKind::ParticipantJoined,
-            conversation_id,
-            room: room.to_owned(),
-            data: json!({ "conversation_id": conversation_id, "participant": participant }),
-            origin: Default::default(),
-            json: Default::default(),
+        .map(|participant| {
+            Event::new(
+                EventKind::ParticipantJoined,
+                conversation_id,
+                room.to_owned(),
+                json!({ "conversation_id": conversation_id, "participant": participant }),
+                Default::default(),
+            )
         })
         .collect();
     let recorded: Vec<(&Event, Option<&str>)> = events

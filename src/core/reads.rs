@@ -84,18 +84,17 @@ pub async fn mark_read(
     let (last_read_seq, last_seq, before) = row.ok_or(AppError::Forbidden(
         "only participants have a read state in this conversation".into(),
     ))?;
-    let event = Event {
-        kind: EventKind::MessagesRead,
+    let event = Event::new(
+        EventKind::MessagesRead,
         conversation_id,
-        room: access.room,
-        data: json!({
+        access.room,
+        json!({
             "conversation_id": conversation_id,
             "user_id": user_id,
             "last_read_seq": last_read_seq,
         }),
         origin,
-        json: Default::default(),
-    };
+    );
     if last_read_seq > before {
         super::webhooks::record_event(&mut tx, &event, None).await?;
     }

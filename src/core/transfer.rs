@@ -567,14 +567,13 @@ pub async fn erase(state: &AppState, principal: &Principal, id: &str) -> AppResu
     }
     for (conversation_id, room) in &left {
         events.push((
-            Event {
-                kind: EventKind::ParticipantLeft,
-                conversation_id: *conversation_id,
-                room: room.clone(),
-                data: json!({ "conversation_id": conversation_id, "participant_id": id }),
-                origin: Default::default(),
-                json: Default::default(),
-            },
+            Event::new(
+                EventKind::ParticipantLeft,
+                *conversation_id,
+                room.clone(),
+                json!({ "conversation_id": conversation_id, "participant_id": id }),
+                Default::default(),
+            ),
             Some(id),
         ));
     }

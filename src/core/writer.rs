@@ -193,14 +193,13 @@ fn announce(events: &Events, draft: &Draft, SentRow { row, room }: SentRow) -> M
     let message: Message = row.into();
     crate::metrics::message_persisted();
     let data = serde_json::to_value(&message).unwrap_or(Value::Null);
-    events.publish(Event {
-        kind: EventKind::MessageCreated,
-        conversation_id: message.conversation_id,
+    events.publish(Event::new(
+        EventKind::MessageCreated,
+        message.conversation_id,
         room,
         data,
-        origin: draft.origin.clone(),
-        json: Default::default(),
-    });
+        draft.origin.clone(),
+    ));
     message
 }
 

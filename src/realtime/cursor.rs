@@ -316,17 +316,16 @@ mod tests {
     use crate::core::events::{EventKind, Origin};
 
     fn message(conversation_id: Uuid, seq: i64) -> Arc<Event> {
-        Arc::new(Event {
-            kind: EventKind::MessageCreated,
+        Arc::new(Event::new(
+            EventKind::MessageCreated,
             conversation_id,
-            room: String::new(),
-            data: json!({ "seq": seq }),
-            origin: Origin {
+            String::new(),
+            json!({ "seq": seq }),
+            Origin {
                 socket_id: None,
                 echo: true,
             },
-            json: Default::default(),
-        })
+        ))
     }
 
     fn offer(cursor: &Cursor, conversation_id: Uuid, seq: i64) -> Admitted {

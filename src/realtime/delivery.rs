@@ -290,17 +290,16 @@ fn flush(events: &Events, track: &mut Track, now: Instant) {
 /// A stored message as the `MessageCreated` event its writer announced. Who sent it is
 /// not in the log: everyone, the sender included, gets it.
 pub fn from_log(message: &Message) -> Arc<Event> {
-    Arc::new(Event {
-        kind: EventKind::MessageCreated,
-        conversation_id: message.conversation_id,
-        room: message.platform_context.room_id.clone(),
-        data: serde_json::to_value(message).unwrap_or(Value::Null),
-        origin: Origin {
+    Arc::new(Event::new(
+        EventKind::MessageCreated,
+        message.conversation_id,
+        message.platform_context.room_id.clone(),
+        serde_json::to_value(message).unwrap_or(Value::Null),
+        Origin {
             socket_id: None,
             echo: true,
         },
-        json: Default::default(),
-    })
+    ))
 }
 
 /// Reads from the log, in its own task, the messages after each `(conversation, seq)`

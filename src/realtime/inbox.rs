@@ -208,14 +208,13 @@ async fn load(state: &AppState, id: Uuid) -> Option<Known> {
     let last_message = match last {
         Ok(Ok(mut m)) if !m.is_empty() => {
             let data = serde_json::to_value(m.remove(0)).unwrap_or_default();
-            Some(Arc::new(Event {
-                kind: EventKind::MessageCreated,
-                conversation_id: id,
-                room: String::new(),
+            Some(Arc::new(Event::new(
+                EventKind::MessageCreated,
+                id,
+                String::new(),
                 data,
-                origin: Default::default(),
-                json: Default::default(),
-            }))
+                Default::default(),
+            )))
         }
         _ => None,
     };

@@ -45,7 +45,7 @@ pub fn message_broadcast(room: &str, m: &Value) -> Value {
         "senderType": m["sender_type"],
         "text": m["text"],
         "createdAt": created_ms,
-        "source": m.get("source").cloned().unwrap_or_else(|| m["platform_context"]["metadata"]["source"].clone()),
+        "source": m["platform_context"]["metadata"]["source"],
         "attachments": m["attachments"],
         "metadata": m["metadata"],
         "thread_id": m["thread_id"],

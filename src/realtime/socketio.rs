@@ -860,14 +860,16 @@ async fn typing(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<Val
     state.typing_limiter.check(&principal.id)?;
     let access = Access::load(&state.db, &principal, conversation_id).await?;
     access.require_write()?;
-    state.events.publish(Event {
-        kind: EventKind::Typing,
+    state.events.publish(Event::new(
+        EventKind::Typing,
         conversation_id,
-        room: access.room,
-        data: json!({ "conversation_id": conversation_id, "user_id": principal.id, "is_typing": is_typing }),
-        origin: Origin { socket_id: Some(socket.id.to_string()), echo: false },
-        json: Default::default(),
-    });
+        access.room,
+        json!({ "conversation_id": conversation_id, "user_id": principal.id, "is_typing": is_typing }),
+        Origin {
+            socket_id: Some(socket.id.to_string()),
+            echo: false,
+        },
+    ));
     Ok(json!({ "conversation_id": conversation_id, "is_typing": is_typing }))
 }
 
@@ -895,16 +897,15 @@ async fn complete(state: &AppState, socket: &SocketRef, p: Value) -> AppResult<V
     access.require_write()?;
     let data =
         payload::message_complete(&access.room, &json!(conversation_id), &json!(principal.id));
-    state.events.publish(Event {
-        kind: EventKind::MessageComplete,
+    state.events.publish(Event::new(
+        EventKind::MessageComplete,
         conversation_id,
-        room: access.room,
-        data: data.clone(),
-        origin: Origin {
+        access.room,
+        data.clone(),
+        Origin {
             socket_id: Some(socket.id.to_string()),
             echo: true,
         },
-        json: Default::default(),
-    });
+    ));
     Ok(data)
 }

@@ -519,15 +519,11 @@ async fn handle_frame(
                         .map(|sent| {
                             // A retry publishes nothing: answer it with the stored message directly.
                             (!sent.created).then(|| {
-                                let event = Event {
-                                    kind: EventKind::MessageCreated,
-                                    conversation_id: access.conversation_id,
-                                    room: access.room.clone(),
-                                    data: serde_json::to_value(&sent.message)
-                                        .unwrap_or(Value::Null),
-                                    origin: Origin::default(),
-                                    json: Default::default(),
-                                };
+                                let event = crate::core::messages::event(
+                                    EventKind::MessageCreated,
+                                    &access.room,
+                                    &sent.message,
+                                );
                                 frame(&frames_for(&event, &access.room, &principal.id)[0])
                             })
                         })
@@ -545,15 +541,14 @@ async fn handle_frame(
             {
                 return Some(error_frame(&e));
             }
-            state.events.publish(Event {
-                kind: EventKind::Typing,
-                conversation_id: access.conversation_id,
-                room: access.room.clone(),
-                data: json!({ "conversation_id": access.conversation_id, "user_id": principal.id,
+            state.events.publish(Event::new(
+                EventKind::Typing,
+                access.conversation_id,
+                access.room.clone(),
+                json!({ "conversation_id": access.conversation_id, "user_id": principal.id,
                               "is_typing": parsed.is_typing.unwrap_or(true) }),
                 origin,
-                json: Default::default(),
-            });
+            ));
             Ok(None)
         }
         "ping" => return Some(frame(&json!({ "type": "pong" }))),

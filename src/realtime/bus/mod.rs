@@ -77,14 +77,13 @@ fn encode(node: Uuid, wake: u64, event: &Event, max_bytes: usize) -> Option<Stri
 
 /// The envelope without the event's data: the receiver re-reads it by id.
 fn by_reference(node: Uuid, wake: u64, event: &Event) -> Option<String> {
-    let slim = Event {
-        kind: event.kind,
-        conversation_id: event.conversation_id,
-        room: event.room.clone(),
-        data: serde_json::json!({ "id": event.data.get("id") }),
-        origin: event.origin.clone(),
-        json: Default::default(),
-    };
+    let slim = Event::new(
+        event.kind,
+        event.conversation_id,
+        event.room.clone(),
+        serde_json::json!({ "id": event.data.get("id") }),
+        event.origin.clone(),
+    );
     serde_json::to_string(&Outgoing {
         node,
         wake,
@@ -263,17 +262,16 @@ mod tests {
     use crate::core::events::Origin;
 
     fn message() -> Event {
-        Event {
-            kind: EventKind::MessageCreated,
-            conversation_id: Uuid::now_v7(),
-            room: "room-1".into(),
-            data: json!({ "id": Uuid::nil(), "seq": 7, "text": "a \"quoted\" line\n", "platform_context": { "metadata": { "source": "ws" } } }),
-            origin: Origin {
+        Event::new(
+            EventKind::MessageCreated,
+            Uuid::now_v7(),
+            "room-1".into(),
+            json!({ "id": Uuid::nil(), "seq": 7, "text": "a \"quoted\" line\n", "platform_context": { "metadata": { "source": "ws" } } }),
+            Origin {
                 socket_id: Some("sid".into()),
                 echo: false,
             },
-            json: Default::default(),
-        }
+        )
     }
 
     /// A message goes out with its data written once and kept with the event; what
